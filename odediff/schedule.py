@@ -1,0 +1,121 @@
+"""Noise schedules, forward noising, posterior and the DDPM training targets."""
+
+import math
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PREDICTIONS = ("eps", "v", "x0")
+
+
+@flax.struct.dataclass
+class Schedule:
+    """A discrete-time diffusion schedule over T steps (t = 0 .. T-1), as a pytree."""
+
+    betas: jax.Array
+    alphas_cumprod: jax.Array
+
+    @property
+    def num_timesteps(self) -> int:
+        return self.betas.shape[0]
+
+
+def _betas(kind: str, num_timesteps: int) -> np.ndarray:
+    t = np.arange(num_timesteps, dtype=np.float64)
+    if kind == "linear":
+        scale = 1000.0 / num_timesteps
+        return np.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=np.float64)
+    if kind == "cosine":  # Nichol & Dhariwal 2021
+        s = 0.008
+        f = lambda u: np.cos((u / num_timesteps + s) / (1 + s) * math.pi / 2) ** 2
+        return np.clip(1.0 - f(t + 1) / f(t), 0.0, 0.999)
+    if kind == "sigmoid":  # Jabri et al. 2022, as used by lucidrains' denoising-diffusion-pytorch
+        start, end, tau = -3.0, 3.0, 1.0
+        sig = lambda z: 1.0 / (1.0 + np.exp(-z))
+        u = np.arange(num_timesteps + 1, dtype=np.float64) / num_timesteps
+        v_start, v_end = sig(start / tau), sig(end / tau)
+        ab = (-sig((u * (end - start) + start) / tau) + v_end) / (v_end - v_start)
+        ab = ab / ab[0]
+        return np.clip(1.0 - ab[1:] / ab[:-1], 0.0, 0.999)
+    raise ValueError(f"unknown beta schedule {kind!r}: use linear, cosine or sigmoid")
+
+
+def make_schedule(kind: str = "linear", num_timesteps: int = 1000) -> Schedule:
+    """Builds the schedule; alpha_bar is accumulated in float64 then stored as float32."""
+    betas = _betas(kind, num_timesteps)
+    alphas_cumprod = np.cumprod(1.0 - betas)
+    return Schedule(
+        betas=jnp.asarray(betas, jnp.float32),
+        alphas_cumprod=jnp.asarray(alphas_cumprod, jnp.float32),
+    )
+
+
+def _bcast(a: jax.Array, t: jax.Array, ndim: int) -> jax.Array:
+    """a[t] shaped (B, 1, ..., 1) to broadcast against an (B, ...) array."""
+    return a[t].reshape(t.shape + (1,) * (ndim - t.ndim))
+
+
+def q_sample(s: Schedule, x0: jax.Array, t: jax.Array, noise: jax.Array) -> jax.Array:
+    """x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) noise."""
+    ab = _bcast(s.alphas_cumprod, t, x0.ndim)
+    return jnp.sqrt(ab) * x0 + jnp.sqrt(1.0 - ab) * noise
+
+
+def target(s: Schedule, x0: jax.Array, t: jax.Array, noise: jax.Array, prediction: str) -> jax.Array:
+    """What the denoiser is trained to output: eps, v (Salimans & Ho 2022) or x0."""
+    if prediction == "eps":
+        return noise
+    if prediction == "x0":
+        return x0
+    if prediction == "v":
+        ab = _bcast(s.alphas_cumprod, t, x0.ndim)
+        return jnp.sqrt(ab) * noise - jnp.sqrt(1.0 - ab) * x0
+    raise ValueError(f"unknown prediction {prediction!r}: use one of {PREDICTIONS}")
+
+
+def predict_x0_eps(
+    s: Schedule, x_t: jax.Array, t: jax.Array, out: jax.Array, prediction: str
+) -> tuple[jax.Array, jax.Array]:
+    """Turns a denoiser output of the given prediction type into (x0, eps) estimates."""
+    ab = _bcast(s.alphas_cumprod, t, x_t.ndim)
+    sa, sb = jnp.sqrt(ab), jnp.sqrt(1.0 - ab)
+    if prediction == "eps":
+        return (x_t - sb * out) / sa, out
+    if prediction == "x0":
+        return out, (x_t - sa * out) / sb
+    if prediction == "v":
+        x0 = sa * x_t - sb * out
+        return x0, sa * out + sb * x_t
+    raise ValueError(f"unknown prediction {prediction!r}: use one of {PREDICTIONS}")
+
+
+def posterior(
+    s: Schedule, x0: jax.Array, x_t: jax.Array, t: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Mean and variance of q(x_{t-1} | x_t, x0) (Ho et al. eq. 6-7); variance 0 at t = 0."""
+    ab = _bcast(s.alphas_cumprod, t, x_t.ndim)
+    ab_prev = jnp.where(t > 0, s.alphas_cumprod[jnp.maximum(t - 1, 0)], 1.0)
+    return posterior_between(ab, ab_prev.reshape(ab.shape), _bcast(s.betas, t, x_t.ndim), x0, x_t)
+
+
+def posterior_between(
+    ab: jax.Array, ab_prev: jax.Array, beta: jax.Array, x0: jax.Array, x_t: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """q(x_prev | x_t, x0) between two noise levels; beta = 1 - ab / ab_prev, passed in
+    because float32 loses it to cancellation near t = 0."""
+    one_minus_ab = (1.0 - ab_prev) + ab_prev * beta  # = 1 - ab, without the cancellation
+    mean = (jnp.sqrt(ab_prev) * beta * x0 + jnp.sqrt(1.0 - beta) * (1.0 - ab_prev) * x_t) / one_minus_ab
+    return mean, beta * (1.0 - ab_prev) / one_minus_ab
+
+
+def diffusion_loss(
+    apply_fn, params, s: Schedule, x0: jax.Array, key: jax.Array, prediction: str = "eps"
+) -> jax.Array:
+    """The DDPM simple loss: mean squared error to the target at a uniformly drawn step."""
+    kt, kn = jax.random.split(key)
+    t = jax.random.randint(kt, (x0.shape[0],), 0, s.num_timesteps, dtype=jnp.int32)
+    noise = jax.random.normal(kn, x0.shape, x0.dtype)
+    out = apply_fn(params, q_sample(s, x0, t, noise), t)
+    return jnp.mean(jnp.square(out - target(s, x0, t, noise, prediction)))
