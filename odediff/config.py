@@ -1,5 +1,8 @@
 """The default configuration that every `configs/<name>.py` starts from."""
 
+import json
+from typing import Any, Mapping
+
 import ml_collections
 
 
@@ -17,26 +20,30 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.holdout_fraction = 0.1  # for sources without a test split
 
     c.model = ml_collections.ConfigDict()
-    c.model.name = "cunet"  # cunet | unet
-    # Shared by both denoisers.
-    c.model.ch = 16  # cunet: nf (the stem width); unet: base channels
-    c.model.ch_mult = (2, 4)  # cunet: ODE block widths in units of nf; unet: level multipliers
-    c.model.attn_resolutions = ()
-    c.model.time_embed_dim = 64
-    # cunet only.
-    c.model.norm = "group"  # group | instance
-    c.model.num_heads = 4
-    c.model.head_dim = 32
-    c.model.solver = "euler"  # euler | heun | midpoint | rk4 | tsit5 | dopri5
-    c.model.ode_steps = 1  # fixed steps per block; 0 = adaptive (rtol/atol)
-    c.model.rtol = 1e-3
-    c.model.atol = 1e-3
-    c.model.adjoint = "recursive"  # recursive | direct | backsolve (diffeqsolve mode only)
-    c.model.ode_mode = "unrolled"  # unrolled | diffeqsolve
-    c.model.max_ode_steps = 64
-    # unet only.
-    c.model.num_res_blocks = 2
-    c.model.dropout = 0.0
+    c.model.name = "cunet"  # cunet | unet: which of the two sub-configs below is built
+
+    c.model.cunet = ml_collections.ConfigDict()
+    c.model.cunet.nf = 16  # stem width
+    c.model.cunet.ch_mult = (2, 4)  # ODE block widths in units of nf; bottleneck at 2x the last
+    c.model.cunet.attn_resolutions = ()
+    c.model.cunet.time_embed_dim = 64
+    c.model.cunet.norm = "group"  # group | instance
+    c.model.cunet.num_heads = 4
+    c.model.cunet.head_dim = 32
+    c.model.cunet.solver = "euler"  # euler | heun | midpoint | rk4 | tsit5 | dopri5
+    c.model.cunet.ode_steps = 1  # fixed steps per block; 0 = adaptive (rtol/atol)
+    c.model.cunet.ode_mode = "unrolled"  # unrolled | diffeqsolve
+    c.model.cunet.rtol = 1e-3
+    c.model.cunet.atol = 1e-3
+    c.model.cunet.adjoint = "recursive"  # recursive | direct | backsolve (diffeqsolve mode)
+    c.model.cunet.max_ode_steps = 64
+
+    c.model.unet = ml_collections.ConfigDict()
+    c.model.unet.ch = 32
+    c.model.unet.ch_mult = (1, 2, 2)
+    c.model.unet.num_res_blocks = 2
+    c.model.unet.attn_resolutions = ()
+    c.model.unet.dropout = 0.0
 
     c.diffusion = ml_collections.ConfigDict()
     c.diffusion.num_timesteps = 1000
@@ -67,3 +74,69 @@ def default_config() -> ml_collections.ConfigDict:
     c.sampling.eta = 0.0
     c.sampling.num_samples = 64
     return c
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run, with what to change."""
+
+
+# Keys that may change when a run is resumed: they do not alter what is being trained.
+RESUMABLE_KEYS = (
+    "training.num_steps", "training.log_every", "training.sample_every",
+    "training.checkpoint_every", "training.keep_checkpoints", "sampling.",
+)
+_CHOICES = {
+    "model.name": ("cunet", "unet"),
+    "diffusion.beta_schedule": ("linear", "cosine", "sigmoid"),
+    "diffusion.prediction": ("eps", "v", "x0"),
+    "training.nonfinite": ("stop", "skip"),
+    "data.channels": (1, 3),
+}
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}, with tuples as lists (as JSON holds them)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def config_to_json(config: ml_collections.ConfigDict) -> str:
+    return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)
+
+
+def config_from_json(text: str) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(json.loads(text))
+
+
+def config_differences(saved: Mapping[str, Any], config: ml_collections.ConfigDict) -> list[str]:
+    """Keys whose values differ between a saved config and this one, ignoring resumable keys."""
+    a, b = flatten(saved), flatten(json.loads(config_to_json(config)))
+    return sorted(
+        k for k in set(a) | set(b)
+        if a.get(k) != b.get(k) and not k.startswith(RESUMABLE_KEYS)
+    )
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError naming the first field a run could not use."""
+    from odediff.models import num_downsamples
+
+    flat = flatten(config.to_dict())
+    for key, choices in _CHOICES.items():
+        if flat[key] not in choices:
+            raise ConfigError(f"{key}={flat[key]!r} is not one of {choices}")
+    size, factor = config.data.image_size, 2 ** num_downsamples(config.model)
+    if size <= 0 or size % factor:
+        raise ConfigError(
+            f"data.image_size={size} is not divisible by {factor}, which the {config.model.name} "
+            f"with ch_mult={tuple(config.model[config.model.name].ch_mult)} needs: use a multiple of {factor}"
+        )
+    for key in ("training.batch_size", "training.num_steps", "training.log_every",
+                "training.sample_every", "training.checkpoint_every", "sampling.num_samples"):
+        if not isinstance(flat[key], int) or flat[key] <= 0:
+            raise ConfigError(f"{key}={flat[key]!r} must be a positive integer")

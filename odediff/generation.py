@@ -1,0 +1,77 @@
+"""Sampling from a trained run: restore its config and EMA params, generate, write files."""
+
+import time
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+
+from odediff import data, images, parallel
+from odediff.checkpoint import CheckpointError, Checkpointer, checkpoint_dir
+from odediff.models import build_denoiser
+from odediff.schedule import make_schedule
+from odediff.training import abstract_train_state, make_optimizer, make_sample_fn
+
+
+def restore_run(workdir: str | Path, step: int | None = None) -> tuple[ml_collections.ConfigDict, object, int]:
+    """(config, EMA params, step) from the newest (or the given) checkpoint of a run,
+    on whatever devices this process has."""
+    if not checkpoint_dir(workdir).is_dir():
+        raise CheckpointError(f"{workdir} has no checkpoints/ folder: train first with train.py --workdir {workdir}")
+    ckpt = Checkpointer(workdir, read_only=True)
+    steps = ckpt.steps()
+    if not steps:
+        raise CheckpointError(f"{ckpt.directory} holds no checkpoint: train first with train.py --workdir {workdir}")
+    if step is not None and step not in steps:
+        raise CheckpointError(f"there is no checkpoint at step {step} in {ckpt.directory}; steps there: {steps}")
+    step = steps[-1] if step is None else step
+    try:
+        config = ml_collections.ConfigDict(ckpt.read_meta(step)["config"])
+    except Exception as e:
+        raise CheckpointError(f"checkpoint step {step} in {ckpt.directory} is unusable: its record cannot be read ({e})") from e
+    model = build_denoiser(config.model)
+    abstract = abstract_train_state(model, make_optimizer(config.training), config,
+                               parallel.replicated(parallel.make_mesh()))
+    try:
+        state, _ = ckpt.restore(step, abstract)
+    except Exception as e:
+        raise CheckpointError(
+            f"checkpoint step {step} in {ckpt.directory} is unusable: {type(e).__name__}: "
+            f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:400]
+        ) from e
+    ckpt.close()
+    return config, state.ema_params, step
+
+
+def generate(
+    config: ml_collections.ConfigDict,
+    params,
+    num: int,
+    *,
+    sampler: str | None = None,
+    num_steps: int | None = None,
+    seed: int = 0,
+) -> tuple[np.ndarray, float]:
+    """uint8 NHWC samples and the seconds they took (compilation excluded)."""
+    model = build_denoiser(config.model)
+    schedule = make_schedule(config.diffusion.beta_schedule, config.diffusion.num_timesteps)
+    fn = make_sample_fn(model, schedule, config, num, sampler, num_steps)
+    key = jax.random.key(seed)
+    compiled = fn.lower(params, key).compile()
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(compiled(params, key))
+    return data.to_uint8(parallel.to_host(out)), time.perf_counter() - t0
+
+
+def write_samples(samples: np.ndarray, prefix: str | Path) -> tuple[Path, Path]:
+    """<prefix>.png (a grid) and <prefix>.npz (key `images`, uint8 NHWC); never overwrites."""
+    prefix = Path(prefix)
+    png, npz = prefix.with_name(prefix.name + ".png"), prefix.with_name(prefix.name + ".npz")
+    for p in (png, npz):
+        if p.exists():
+            raise FileExistsError(f"{p} already exists: choose another --out or remove it")
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(npz, images=samples)
+    images.save_grid(samples, png, scale=max(1, 64 // samples.shape[1]))
+    return png, npz

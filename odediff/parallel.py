@@ -1,0 +1,64 @@
+"""Data parallelism with jit + NamedSharding over all devices, multi-host through jax.distributed."""
+
+import os
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = "data"
+
+
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> None:
+    """Joins JAX's distributed runtime: explicitly when given a coordinator, else when
+    JAX can detect a cluster by itself (SLURM with several tasks, TPU pods).
+
+    Must run before anything touches a device.
+    """
+    if coordinator_address:
+        # Only the CPU backend reads this; without it CPU processes cannot share collectives.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "TPU_WORKER_HOSTNAMES" in os.environ:
+        jax.distributed.initialize()
+
+
+def make_mesh() -> Mesh:
+    """A 1-D mesh over every device of every process, axis type Auto (diffrax needs it)."""
+    return jax.make_mesh(
+        (jax.device_count(),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,)
+    )
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def check_batch_size(batch_size: int) -> None:
+    """The global batch must split evenly over devices (and so over processes)."""
+    n = jax.device_count()
+    if batch_size % n:
+        raise ValueError(
+            f"training.batch_size={batch_size} is not divisible by the {n} devices: "
+            f"pass --config.training.batch_size=<a multiple of {n}>"
+        )
+
+
+def global_batch(local: np.ndarray, mesh: Mesh) -> jax.Array:
+    """This process's rows of the global batch -> one global array split on the data axis."""
+    return jax.make_array_from_process_local_data(batch_sharded(mesh), local)
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+    """A replicated (or fully addressable) array as numpy, on any process."""
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    return np.asarray(x.addressable_data(0))

@@ -1,0 +1,305 @@
+"""The training loop: one jitted, data-parallel step; orbax checkpoints; logs and pictures.
+
+All randomness is a function of (seed, step), so a run restarted from a checkpoint
+continues exactly as if it had never stopped.
+"""
+
+import json
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from odediff import data, images, parallel
+from odediff.checkpoint import Checkpointer
+from odediff.config import ConfigError, check_config, config_differences, config_to_json
+from odediff.models import build_denoiser
+from odediff.samplers import SAMPLERS
+from odediff.schedule import Schedule, diffusion_loss, make_schedule
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteError(RuntimeError):
+    """Training met a non-finite loss or gradient and was configured to stop."""
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    ema_params: Any
+    opt_state: Any
+    first_nonfinite: jax.Array  # the first step whose update was refused, -1 if none
+    num_nonfinite: jax.Array
+
+
+def learning_rate_schedule(tc: ml_collections.ConfigDict) -> optax.Schedule:
+    """Linear warmup, then constant or cosine decay to zero at num_steps."""
+    warmup = optax.linear_schedule(0.0, tc.learning_rate, max(tc.warmup_steps, 1))
+    if tc.lr_schedule == "constant":
+        after = optax.constant_schedule(tc.learning_rate)
+    elif tc.lr_schedule == "cosine":
+        after = optax.cosine_decay_schedule(tc.learning_rate, max(tc.num_steps - tc.warmup_steps, 1))
+    else:
+        raise ConfigError(f"training.lr_schedule={tc.lr_schedule!r}: use constant or cosine")
+    return optax.join_schedules([warmup, after], [tc.warmup_steps])
+
+
+def make_optimizer(tc: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Adam or AdamW with global-norm clipping."""
+    lr = learning_rate_schedule(tc)
+    if tc.optimizer == "adam":
+        opt = optax.adam(lr, b1=tc.b1, b2=tc.b2)
+    elif tc.optimizer == "adamw":
+        opt = optax.adamw(lr, b1=tc.b1, b2=tc.b2, weight_decay=tc.weight_decay)
+    else:
+        raise ConfigError(f"training.optimizer={tc.optimizer!r}: use adam or adamw")
+    return optax.chain(optax.clip_by_global_norm(tc.grad_clip), opt) if tc.grad_clip > 0 else opt
+
+
+def input_shape(config: ml_collections.ConfigDict, batch: int) -> tuple[int, int, int, int]:
+    return (batch, config.data.image_size, config.data.image_size, config.data.channels)
+
+
+def init_params(model, config: ml_collections.ConfigDict, key: jax.Array) -> Any:
+    x = jnp.zeros(input_shape(config, 1), jnp.float32)
+    return model.init(key, x, jnp.zeros((1,), jnp.int32))["params"]
+
+
+def create_train_state(model, tx: optax.GradientTransformation, config, key: jax.Array) -> TrainState:
+    params = init_params(model, config, key)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        ema_params=params,
+        opt_state=tx.init(params),
+        first_nonfinite=jnp.full((), -1, jnp.int32),
+        num_nonfinite=jnp.zeros((), jnp.int32),
+    )
+
+
+def train_step(
+    model, tx: optax.GradientTransformation, schedule: Schedule, config, state: TrainState, batch: jax.Array
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One update. A non-finite loss or gradient leaves params, EMA and optimizer untouched;
+    with training.nonfinite == "stop" every later update is refused too."""
+    key = jax.random.fold_in(jax.random.split(jax.random.key(config.seed))[1], state.step)
+    k_loss, k_dropout = jax.random.split(key)
+
+    def apply(p, x, t):
+        return model.apply({"params": p}, x, t, train=True, rngs={"dropout": k_dropout})
+
+    loss, grads = jax.value_and_grad(
+        lambda p: diffusion_loss(apply, p, schedule, batch, k_loss, config.diffusion.prediction)
+    )(state.params)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    with jax.numpy_dtype_promotion("standard"):  # optax mixes int32 counts with floats
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    d = config.training.ema_decay
+    ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state.ema_params, params)
+    stopped = (state.first_nonfinite >= 0) & (config.training.nonfinite == "stop")
+    accept = finite & ~stopped
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(accept, a, b), new, old)
+    new_state = TrainState(
+        step=state.step + 1,
+        params=keep(params, state.params),
+        ema_params=keep(ema, state.ema_params),
+        opt_state=keep(opt_state, state.opt_state),
+        first_nonfinite=jnp.where((state.first_nonfinite < 0) & ~finite, state.step, state.first_nonfinite),
+        num_nonfinite=state.num_nonfinite + (~finite).astype(jnp.int32),
+    )
+    return new_state, {"loss": loss, "grad_norm": grad_norm}
+
+
+def make_sample_fn(model, schedule: Schedule, config, num: int, sampler: str | None = None, num_steps: int | None = None):
+    """A jitted `(params, key) -> images in [-1, 1]` for the configured sampler."""
+    name = sampler or config.sampling.sampler
+    if name not in SAMPLERS:
+        raise ConfigError(f"unknown sampler {name!r}: use one of {sorted(SAMPLERS)}")
+    shape = input_shape(config, num)
+    steps = num_steps or config.sampling.num_steps
+    options = {"eta": config.sampling.eta} if name == "ddim" else {}
+
+    def apply(p, x, t):
+        return model.apply({"params": p}, x, t)
+
+    @jax.jit
+    def sample(params, key):
+        out = SAMPLERS[name](apply, params, key, shape, schedule, steps,
+                             prediction=config.diffusion.prediction, **options)
+        return out[0] if isinstance(out, tuple) else out
+
+    return sample
+
+
+class _StopFlag:
+    """Turns SIGTERM/SIGINT into a request to checkpoint and exit at the next step."""
+
+    def __init__(self):
+        self.signum = None
+        self._old = {}
+
+    def __enter__(self):
+        for s in (signal.SIGTERM, signal.SIGINT):
+            self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+class _Writer:
+    """TensorBoard events and metrics.jsonl in the workdir; silent on processes other than 0."""
+
+    def __init__(self, workdir: Path, active: bool):
+        self.active = active
+        if active:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(str(workdir / "tensorboard"))
+            self._jsonl = open(workdir / "metrics.jsonl", "a")
+
+    def write(self, step: int, scalars: dict[str, float]) -> None:
+        if not self.active:
+            return
+        for k, v in scalars.items():
+            self._tb.add_scalar(k, v, step)
+        self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+        self._jsonl.flush()
+
+    def close(self) -> None:
+        if self.active:
+            self._tb.close()
+            self._jsonl.close()
+
+
+def abstract_train_state(model, tx, config, sharding) -> TrainState:
+    """Shapes, dtypes and shardings of a train state, to restore a checkpoint into."""
+    shapes = jax.eval_shape(lambda k: create_train_state(model, tx, config, k), jax.random.key(0))
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+
+
+def _check_workdir_config(workdir: Path, config, allow_config_change: bool) -> None:
+    """Refuses to mix runs: a workdir's config.json must match unless overriding is asked for."""
+    path = workdir / "config.json"
+    if path.exists():
+        diffs = config_differences(json.loads(path.read_text()), config)
+        if diffs and not allow_config_change:
+            raise ConfigError(
+                f"{workdir} holds a run with a different config ({', '.join(diffs)}): use another "
+                f"--workdir, or pass --allow_config_change to continue this run with the new values"
+            )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *, allow_config_change: bool = False) -> TrainState:
+    """Trains (resuming from the newest intact checkpoint in workdir) and writes logs,
+    sample grids, checkpoints and a loss curve there. Returns the final state."""
+    workdir = Path(workdir)
+    check_config(config)
+    parallel.check_batch_size(config.training.batch_size)
+    _check_workdir_config(workdir, config, allow_config_change)
+    source = data.load_source(config.data, "train")
+    tc = config.training
+    is_main = jax.process_index() == 0
+    workdir.mkdir(parents=True, exist_ok=True)
+    if is_main:
+        (workdir / "config.json").write_text(config_to_json(config))
+
+    mesh = parallel.make_mesh()
+    replicated = parallel.replicated(mesh)
+    model = build_denoiser(config.model)
+    tx = make_optimizer(tc)
+    schedule = make_schedule(config.diffusion.beta_schedule, config.diffusion.num_timesteps)
+    ckpt = Checkpointer(workdir, tc.keep_checkpoints)
+    restored = ckpt.restore_latest(abstract_train_state(model, tx, config, replicated))
+    if restored is None:
+        init = jax.jit(lambda k: create_train_state(model, tx, config, k), out_shardings=replicated)
+        state = init(jax.random.split(jax.random.key(config.seed))[0])
+        start = 0
+    else:
+        start, state, _ = restored
+        log.info("resuming from step %d in %s", start, ckpt.directory)
+
+    step_fn = jax.jit(
+        lambda s, b: train_step(model, tx, schedule, config, s, b),
+        out_shardings=(replicated, replicated),
+        donate_argnums=0,
+    )
+    sample_fn = make_sample_fn(model, schedule, config, config.sampling.num_samples)
+    writer = _Writer(workdir, is_main)
+    meta = lambda step: {"step": step, "data_step": step, "seed": config.seed, "config": json.loads(config_to_json(config))}
+    pending, t_last, step_last = [], time.time(), start
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=tc.num_steps, initial=start, disable=not is_main, unit="step", dynamic_ncols=True)
+    with _StopFlag() as stop:
+        step = start
+        while step < tc.num_steps:
+            local = data.get_batch(source, config.data, tc.batch_size, config.seed, step,
+                                   jax.process_index(), jax.process_count())
+            state, metrics = step_fn(state, parallel.global_batch(local, mesh))
+            pending.append(metrics)
+            step += 1
+            bar.update(1)
+            last = step == tc.num_steps
+            save_now = step % tc.checkpoint_every == 0 or last or stop.signum
+            if step % tc.log_every == 0 or save_now:
+                _check_nonfinite(state, tc)
+                stats = {k: float(np.mean([parallel.to_host(m[k]) for m in pending])) for k in pending[0]}
+                now = time.time()
+                stats["steps_per_sec"] = (step - step_last) / max(now - t_last, 1e-9)
+                stats["learning_rate"] = float(learning_rate_schedule(tc)(step))
+                writer.write(step, stats)
+                bar.set_postfix(loss=f"{stats['loss']:.4f}", refresh=False)
+                pending, t_last, step_last = [], now, step
+            if step % tc.sample_every == 0 or last:
+                grid = parallel.to_host(sample_fn(state.ema_params, jax.random.key(config.seed)))
+                if is_main:
+                    images.save_grid(data.to_uint8(grid), workdir / "samples" / f"step_{step:08d}.png", scale=2)
+            if save_now:
+                ckpt.save(step, state, meta(step), force=True)
+            if stop.signum:
+                break
+    bar.close()
+    ckpt.close()
+    writer.close()
+    if is_main:
+        _plot_loss(workdir)
+    if stop.signum:
+        print(f"stopped by signal {stop.signum} at step {step}: checkpoint saved in {ckpt.directory}", flush=True)
+    return state
+
+
+def _check_nonfinite(state: TrainState, tc) -> None:
+    first = int(parallel.to_host(state.first_nonfinite))
+    if first >= 0 and tc.nonfinite == "stop":
+        raise NonFiniteError(
+            f"non-finite loss or gradient at step {first}; training stopped and no update from it was "
+            f"kept (set --config.training.nonfinite=skip to skip such steps instead)"
+        )
+    if first >= 0:
+        log.warning("%d non-finite steps skipped so far (first at step %d)",
+                    int(parallel.to_host(state.num_nonfinite)), first)
+
+
+def _plot_loss(workdir: Path) -> None:
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line]
+    if records:
+        images.save_curves({"loss": ([r["step"] for r in records], [r["loss"] for r in records])},
+                           workdir / "loss.png")
