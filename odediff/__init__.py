@@ -2,7 +2,7 @@
 
 from odediff.config import default_config
 from odediff.models import build_denoiser
-from odediff.samplers import SAMPLERS, ancestral_sample, ddim_sample
+from odediff.samplers import SAMPLERS, ancestral_sample, ddim_sample, dpmpp2m_sample, ode_sample, sample
 from odediff.schedule import Schedule, diffusion_loss, make_schedule, q_sample
 
 __all__ = [
@@ -13,6 +13,9 @@ __all__ = [
     "ddim_sample",
     "default_config",
     "diffusion_loss",
+    "dpmpp2m_sample",
     "make_schedule",
+    "ode_sample",
     "q_sample",
+    "sample",
 ]

@@ -77,7 +77,7 @@ def define_sample_flags() -> None:
     flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
     flags.DEFINE_integer("num", 64, "Number of samples.")
     flags.DEFINE_string("sampler", None, "ancestral | ddim | ode | dpmpp2m (default: the run's config).")
-    flags.DEFINE_integer("steps", None, "Sampler steps (default: the run's config).")
+    flags.DEFINE_integer("steps", None, "Sampler steps (default: the run's config); 0 with --sampler ode is adaptive.")
     flags.DEFINE_integer("seed", 0, "Random seed.")
     flags.DEFINE_string("out", None, "Output prefix: writes <out>.png and <out>.npz "
                         "(default <workdir>/samples/sample_<step>_<sampler><steps>_seed<seed>).")
@@ -87,13 +87,13 @@ def sample_main() -> None:
     from odediff.generation import generate, restore_run, write_samples
 
     f = flags.FLAGS
-    if f.num <= 0 or (f.steps is not None and f.steps <= 0):
-        raise ConfigError(f"--num and --steps must be positive, got --num={f.num} --steps={f.steps}")
+    if f.num <= 0 or (f.steps is not None and f.steps < 0):
+        raise ConfigError(f"--num must be positive and --steps not negative, got --num={f.num} --steps={f.steps}")
     config, params, step = restore_run(f.workdir, f.step)
     sampler = f.sampler or config.sampling.sampler
-    steps = f.steps or config.sampling.num_steps
+    steps = config.sampling.num_steps if f.steps is None else f.steps
     out = f.out or str(Path(f.workdir) / "samples" / f"sample_{step}_{sampler}{steps}_seed{f.seed}")
-    samples, seconds = generate(config, params, f.num, sampler=sampler, num_steps=steps, seed=f.seed)
+    samples, seconds, nfe = generate(config, params, f.num, sampler=sampler, num_steps=steps, seed=f.seed)
     png, npz = write_samples(samples, out)
-    print(f"{f.num} samples from step {step} ({sampler}, {steps} steps) in {seconds:.2f} s "
+    print(f"{f.num} samples from step {step} ({sampler}, {nfe} evaluations) in {seconds:.2f} s "
           f"= {f.num / seconds:.2f} samples/s -> {png}, {npz}")

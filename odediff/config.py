@@ -1,6 +1,8 @@
 """The default configuration that every `configs/<name>.py` starts from."""
 
+import importlib.util
 import json
+from pathlib import Path
 from typing import Any, Mapping
 
 import ml_collections
@@ -140,3 +142,14 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                 "training.sample_every", "training.checkpoint_every", "sampling.num_samples"):
         if not isinstance(flat[key], int) or flat[key] <= 0:
             raise ConfigError(f"{key}={flat[key]!r} must be a positive integer")
+
+
+def load_config_file(path: str | Path) -> ml_collections.ConfigDict:
+    """`get_config()` of a configs/<name>.py file, loaded by path (as train.py does)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist: pass one of the files in configs/")
+    spec = importlib.util.spec_from_file_location(f"_odediff_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()

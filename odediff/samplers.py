@@ -2,17 +2,27 @@
 
 Every sampler takes `(apply_fn, params, key, shape, schedule, num_steps, ...)`,
 where `apply_fn(params, x, t)` returns the denoiser output for x (B, H, W, C) and
-integer steps t (B,), and returns images in [-1, 1].
+steps t (B,) (int32; float32 with `continuous_t=True`), and returns images in
+[-1, 1]; `ode_sample` also returns its number of model evaluations. `sample`
+calls any of them by name and returns `(images, nfe)`.
+
+All of them draw the initial noise x_T ~ N(0, I) from `key` the same way, so the
+deterministic samplers (DDIM eta=0, ODE, DPM-Solver++) start from the same x_T.
 """
 
+import inspect
+import math
 from typing import Callable
 
+import diffrax
 import jax
 import jax.numpy as jnp
 
-from odediff.schedule import Schedule, posterior_between, predict_x0_eps
+from odediff.models.ode import ADAPTIVE, SOLVERS
+from odediff.schedule import PREDICTIONS, Schedule, posterior_between
 
 ApplyFn = Callable[[object, jax.Array, jax.Array], jax.Array]
+SPACINGS = ("time_uniform", "logsnr", "time_quadratic")
 
 
 def timesteps(num_timesteps: int, num_steps: int) -> jax.Array:
@@ -28,24 +38,54 @@ def _alpha_bar(s: Schedule, t: jax.Array) -> jax.Array:
     return jnp.where(t >= 0, s.alphas_cumprod[jnp.maximum(t, 0)], 1.0)
 
 
-def _denoise(apply_fn, params, s, x, t, prediction, clip):
-    tb = jnp.full((x.shape[0],), t, jnp.int32)
-    x0, eps = predict_x0_eps(s, x, tb, apply_fn(params, x, tb), prediction)
+def log_sigmas(s: Schedule) -> jax.Array:
+    """log sigma_t = log(sqrt(1 - alpha_bar_t) / sqrt(alpha_bar_t)) = -lambda_t, increasing in t."""
+    ab = s.alphas_cumprod
+    return 0.5 * (jnp.log1p(-ab) - jnp.log(ab))
+
+
+def _scales(log_sigma: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(sqrt(alpha_bar), sqrt(1 - alpha_bar)) at a noise level sigma = exp(log_sigma)."""
+    sigma = jnp.exp(log_sigma)
+    sa = jax.lax.rsqrt(1.0 + jnp.square(sigma))
+    return sa, sigma * sa
+
+
+def _noise(key: jax.Array, shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+    """x_T ~ N(0, I) and the key left for the sampler's own noise."""
+    k0, krest = jax.random.split(key)
+    return jax.random.normal(k0, shape, jnp.float32), krest
+
+
+def _denoise(apply_fn, params, x, t, sa, sb, prediction, clip):
+    """(x0, eps) estimates for x at noise level (sa, sb) from the model output at step t."""
+    out = apply_fn(params, x, jnp.broadcast_to(t, x.shape[:1]))
+    if prediction == "eps":
+        x0, eps = (x - sb * out) / sa, out
+    elif prediction == "x0":
+        x0, eps = out, (x - sa * out) / sb
+    elif prediction == "v":
+        x0, eps = sa * x - sb * out, sa * out + sb * x
+    else:
+        raise ValueError(f"unknown prediction {prediction!r}: use one of {PREDICTIONS}")
     if clip:
         x0 = jnp.clip(x0, -1.0, 1.0)
-        ab = _alpha_bar(s, t)
-        eps = (x - jnp.sqrt(ab) * x0) / jnp.sqrt(1.0 - ab)
+        eps = (x - sa * x0) / sb
     return x0, eps
 
 
 def _reverse(step, key, shape, s, num_steps):
     ts = timesteps(s.num_timesteps, num_steps)
     ts_prev = jnp.concatenate([ts[1:], jnp.full((1,), -1, jnp.int32)])
-    k0, kloop = jax.random.split(key)
-    x = jax.random.normal(k0, shape, jnp.float32)
+    x, kloop = _noise(key, shape)
     keys = jax.random.split(kloop, num_steps)
     x, _ = jax.lax.scan(lambda x, a: (step(x, *a), None), x, (ts, ts_prev, keys))
     return jnp.clip(x, -1.0, 1.0)
+
+
+def _denoise_at(apply_fn, params, s, x, t, prediction, clip):
+    ab = _alpha_bar(s, t)
+    return _denoise(apply_fn, params, x, t, jnp.sqrt(ab), jnp.sqrt(1.0 - ab), prediction, clip)
 
 
 def ancestral_sample(
@@ -66,7 +106,7 @@ def ancestral_sample(
     num_steps = num_steps or schedule.num_timesteps
 
     def step(x, t, t_prev, key):
-        x0, _ = _denoise(apply_fn, params, schedule, x, t, prediction, clip)
+        x0, _ = _denoise_at(apply_fn, params, schedule, x, t, prediction, clip)
         ab, ab_prev = _alpha_bar(schedule, t), _alpha_bar(schedule, t_prev)
         beta = jnp.where(t_prev == t - 1, schedule.betas[t], 1.0 - ab / ab_prev)
         mean, var = posterior_between(ab, ab_prev, beta, x0, x)
@@ -89,7 +129,7 @@ def ddim_sample(
     """DDIM (Song et al. 2021); eta = 0 is deterministic, eta = 1 matches ancestral."""
 
     def step(x, t, t_prev, key):
-        x0, eps = _denoise(apply_fn, params, schedule, x, t, prediction, clip)
+        x0, eps = _denoise_at(apply_fn, params, schedule, x, t, prediction, clip)
         ab, ab_prev = _alpha_bar(schedule, t), _alpha_bar(schedule, t_prev)
         sigma = eta * jnp.sqrt((1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev))
         direction = jnp.sqrt(jnp.maximum(1.0 - ab_prev - sigma**2, 0.0)) * eps
@@ -99,7 +139,187 @@ def ddim_sample(
     return _reverse(step, key, shape, schedule, num_steps)
 
 
-SAMPLERS: dict[str, Callable[..., jax.Array]] = {
+def _t_of(table: jax.Array, log_sigma: jax.Array, continuous_t: bool) -> jax.Array:
+    """The model step for a noise level: t interpolated linearly against the log sigma
+    `table`, rounded to int32 unless `continuous_t`."""
+    t = jnp.interp(log_sigma, table, jnp.arange(table.shape[0], dtype=jnp.float32))
+    return t if continuous_t else jnp.round(t).astype(jnp.int32)
+
+
+def step_grid(
+    s: Schedule, num_steps: int, spacing: str = "time_uniform", continuous_t: bool = False
+) -> tuple[jax.Array, jax.Array]:
+    """`num_steps` model steps t from T-1 down to 0 and their log sigmas.
+
+    time_uniform is evenly spaced in t (DDIM's `timesteps`), time_quadratic evenly
+    in sqrt(t), logsnr evenly in lambda = -log sigma (Lu et al. 2022). Unless
+    `continuous_t`, the steps are integers, made strictly decreasing where rounding
+    would repeat one, and the log sigmas are the table's own.
+    """
+    big_t = s.num_timesteps
+    if not 2 <= num_steps <= big_t:
+        raise ValueError(f"num_steps must be in [2, {big_t}], got {num_steps}")
+    table = log_sigmas(s)
+    if spacing == "time_uniform":
+        t = jnp.linspace(0.0, big_t - 1, num_steps)[::-1]
+    elif spacing == "time_quadratic":
+        t = jnp.square(jnp.linspace(0.0, math.sqrt(big_t - 1), num_steps))[::-1]
+    elif spacing == "logsnr":
+        ls = jnp.linspace(table[0], table[-1], num_steps)[::-1]
+        t = jnp.interp(ls, table, jnp.arange(big_t, dtype=jnp.float32))
+    else:
+        raise ValueError(f"unknown spacing {spacing!r}: use one of {SPACINGS}")
+    if continuous_t:
+        return t, jnp.interp(t, jnp.arange(big_t, dtype=jnp.float32), table)
+    # Step i may only lie in [n-1-i, T-1-i]; the reversed running max then keeps a
+    # gap of at least one between neighbours while leaving a valid grid untouched.
+    floor = jnp.arange(num_steps - 1, -1, -1, dtype=jnp.float32)
+    t = jnp.clip(jnp.round(t), floor, floor + (big_t - num_steps))
+    t = (jax.lax.cummax(t - floor, reverse=True) + floor).astype(jnp.int32)
+    return t, table[t]
+
+
+def _nfe_per_step(solver: diffrax.AbstractSolver) -> tuple[int, int]:
+    """(evaluations per attempted step, extra evaluations on the first step)."""
+    tableau = getattr(solver, "tableau", None)
+    if tableau is None:  # Euler
+        return 1, 0
+    fsal = int(tableau.fsal)
+    return len(tableau.c) + 1 - fsal, fsal
+
+
+def ode_sample(
+    apply_fn: ApplyFn,
+    params,
+    key: jax.Array,
+    shape: tuple[int, ...],
+    schedule: Schedule,
+    num_steps: int | None = None,
+    solver: str = "tsit5",
+    rtol: float = 1e-3,
+    atol: float = 1e-3,
+    max_steps: int = 4096,
+    spacing: str = "time_uniform",
+    continuous_t: bool = False,
+    prediction: str = "eps",
+    clip: bool = True,
+) -> tuple[jax.Array, jax.Array]:
+    """Solves the probability-flow ODE with diffrax; returns (images, nfe).
+
+    The ODE is DDIM's: d x_bar / d sigma = eps_hat(x, t(sigma)) with x_bar =
+    x / sqrt(alpha_bar) and sigma = sqrt(1 - alpha_bar) / sqrt(alpha_bar), from
+    sigma(T-1) to sigma(0), followed by the x0 estimate at t = 0. The model gets
+    round(t(sigma)) with t(sigma) interpolated against log sigma over the table
+    (float t with `continuous_t`); x0 and v outputs are converted at the exact sigma.
+    `num_steps` > 0 takes fixed steps between `num_steps` grid points of
+    `step_grid` (so "euler" is exactly DDIM with as many steps); 0/None is adaptive
+    (PIDController with rtol/atol on x_bar, at most `max_steps` steps). nfe counts every model
+    evaluation, the final x0 estimate included. A failed solve yields NaN images.
+    """
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown ODE solver {solver!r}: use one of {sorted(SOLVERS)}")
+    adaptive = not num_steps
+    if adaptive and solver not in ADAPTIVE:
+        raise ValueError(f"adaptive solves need a solver with an error estimate {ADAPTIVE}")
+    impl = SOLVERS[solver]()
+
+    table = log_sigmas(schedule)
+
+    def field(sigma, x_bar, args):
+        ls = jnp.log(sigma)
+        sa, sb = _scales(ls)
+        t = _t_of(table, ls, continuous_t)
+        return _denoise(apply_fn, params, x_bar * sa, t, sa, sb, prediction, clip)[1]
+
+    if adaptive:
+        controller, steps = diffrax.PIDController(rtol=rtol, atol=atol), max_steps
+        t_end = jnp.zeros((), jnp.float32 if continuous_t else jnp.int32)
+        ls0, ls1 = table[-1], table[0]
+        # A first step this small is accepted: were it rejected, the FSAL solvers would
+        # re-evaluate its first stage and nfe would miss one evaluation.
+        dt0 = 1e-3 * (jnp.exp(ls1) - jnp.exp(ls0))
+    else:
+        ts, ls = step_grid(schedule, num_steps, spacing, continuous_t)
+        controller, steps = diffrax.StepTo(ts=jnp.exp(ls)), num_steps - 1
+        t_end, ls0, ls1, dt0 = ts[-1], ls[0], ls[-1], None
+    z, _ = _noise(key, shape)
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(field), impl, jnp.exp(ls0), jnp.exp(ls1), dt0, z / _scales(ls0)[0],
+        stepsize_controller=controller, max_steps=steps,
+        saveat=diffrax.SaveAt(t1=True), throw=False,
+    )
+    sa, sb = _scales(ls1)
+    x0, _ = _denoise(apply_fn, params, sol.ys[-1] * sa, t_end, sa, sb, prediction, clip)
+    ok = sol.result == diffrax.RESULTS.successful
+    per_step, first = _nfe_per_step(impl)
+    nfe = per_step * sol.stats["num_steps"] + first + 1
+    return jnp.where(ok, jnp.clip(x0, -1.0, 1.0), jnp.nan), jnp.asarray(nfe, jnp.int32)
+
+
+def dpmpp2m_sample(
+    apply_fn: ApplyFn,
+    params,
+    key: jax.Array,
+    shape: tuple[int, ...],
+    schedule: Schedule,
+    num_steps: int = 20,
+    spacing: str = "logsnr",
+    lower_order_final: bool = True,
+    continuous_t: bool = False,
+    prediction: str = "eps",
+    clip: bool = True,
+) -> jax.Array:
+    """DPM-Solver++(2M) (Lu et al. 2022): the multistep second-order data-prediction solver.
+
+    The model is evaluated at the `num_steps` points of `step_grid` (t = T-1 .. 0);
+    the first step is first order (DDIM), and so is the last with
+    `lower_order_final` when num_steps < 15; the output is the x0 estimate at t = 0.
+    """
+    ts, ls = step_grid(schedule, num_steps, spacing, continuous_t)
+    sa, sb = _scales(ls)
+    low_final = lower_order_final and num_steps < 15
+
+    def step(carry, i):
+        x, m_prev = carry
+        m, _ = _denoise(apply_fn, params, x, ts[i], sa[i], sb[i], prediction, clip)
+        h = ls[i] - ls[i + 1]  # lambda_{i+1} - lambda_i
+        first_order = (i == 0) | (low_final & (i == num_steps - 2))
+        w = jnp.where(first_order, 0.0, 0.5 * h / (ls[i - 1] - ls[i]))  # 1/(2r); unused at i=0
+        d = m + w * (m - m_prev)
+        x = (sb[i + 1] / sb[i]) * x - (sa[i + 1] * jnp.expm1(-h)) * d
+        return (x, m), None
+
+    x, _ = _noise(key, shape)
+    (x, _), _ = jax.lax.scan(step, (x, jnp.zeros_like(x)), jnp.arange(num_steps - 1))
+    x0, _ = _denoise(apply_fn, params, x, ts[-1], sa[-1], sb[-1], prediction, clip)
+    return jnp.clip(x0, -1.0, 1.0)
+
+
+SAMPLERS: dict[str, Callable[..., jax.Array | tuple[jax.Array, jax.Array]]] = {
     "ancestral": ancestral_sample,
     "ddim": ddim_sample,
+    "ode": ode_sample,  # returns (images, nfe)
+    "dpmpp2m": dpmpp2m_sample,
 }
+
+
+def sample(
+    name: str,
+    apply_fn: ApplyFn,
+    params,
+    key: jax.Array,
+    shape: tuple[int, ...],
+    schedule: Schedule,
+    num_steps: int | None = None,
+    **options,
+) -> tuple[jax.Array, jax.Array]:
+    """Any sampler by name, as (images, nfe); nfe is num_steps except for the ODE."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}: use one of {sorted(SAMPLERS)}")
+    if name == "ode":
+        return ode_sample(apply_fn, params, key, shape, schedule, num_steps, **options)
+    fn = SAMPLERS[name]
+    if num_steps is None:
+        num_steps = inspect.signature(fn).parameters["num_steps"].default or schedule.num_timesteps
+    images = fn(apply_fn, params, key, shape, schedule, num_steps, **options)
+    return images, jnp.asarray(num_steps, jnp.int32)

@@ -22,7 +22,7 @@ from odediff import data, images, parallel
 from odediff.checkpoint import Checkpointer
 from odediff.config import ConfigError, check_config, config_differences, config_to_json
 from odediff.models import build_denoiser
-from odediff.samplers import SAMPLERS
+from odediff.samplers import SAMPLERS, sample
 from odediff.schedule import Schedule, diffusion_loss, make_schedule
 
 log = logging.getLogger(__name__)
@@ -122,25 +122,27 @@ def train_step(
     return new_state, {"loss": loss, "grad_norm": grad_norm}
 
 
-def make_sample_fn(model, schedule: Schedule, config, num: int, sampler: str | None = None, num_steps: int | None = None):
-    """A jitted `(params, key) -> images in [-1, 1]` for the configured sampler."""
+def make_sample_fn(model, schedule: Schedule, config, num: int, sampler: str | None = None,
+                   num_steps: int | None = None):
+    """A jitted `(params, key) -> (images in [-1, 1], nfe)` for the chosen sampler;
+    num_steps 0 means the adaptive probability-flow ODE (sampler "ode")."""
     name = sampler or config.sampling.sampler
     if name not in SAMPLERS:
         raise ConfigError(f"unknown sampler {name!r}: use one of {sorted(SAMPLERS)}")
-    shape = input_shape(config, num)
-    steps = num_steps or config.sampling.num_steps
+    steps = config.sampling.num_steps if num_steps is None else num_steps
+    if steps == 0 and name != "ode":
+        raise ConfigError(f"0 steps (adaptive) is only for the 'ode' sampler, not {name!r}")
     options = {"eta": config.sampling.eta} if name == "ddim" else {}
 
     def apply(p, x, t):
         return model.apply({"params": p}, x, t)
 
     @jax.jit
-    def sample(params, key):
-        out = SAMPLERS[name](apply, params, key, shape, schedule, steps,
-                             prediction=config.diffusion.prediction, **options)
-        return out[0] if isinstance(out, tuple) else out
+    def sample_fn(params, key):
+        return sample(name, apply, params, key, input_shape(config, num), schedule, steps or None,
+                      prediction=config.diffusion.prediction, **options)
 
-    return sample
+    return sample_fn
 
 
 class _StopFlag:
@@ -269,7 +271,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
                 bar.set_postfix(loss=f"{stats['loss']:.4f}", refresh=False)
                 pending, t_last, step_last = [], now, step
             if step % tc.sample_every == 0 or last:
-                grid = parallel.to_host(sample_fn(state.ema_params, jax.random.key(config.seed)))
+                grid = parallel.to_host(sample_fn(state.ema_params, jax.random.key(config.seed))[0])
                 if is_main:
                     images.save_grid(data.to_uint8(grid), workdir / "samples" / f"step_{step:08d}.png", scale=2)
             if save_now:

@@ -55,8 +55,10 @@ class CUNet(nn.Module):
         del train  # no dropout or batch statistics: the fields must stay pure
         temb = TimeMLP(self.time_embed_dim, 4 * self.time_embed_dim, self.time_embed_dim, "softplus")(t)
         temb = nn.softplus(temb)
-        h = nn.Conv(self.nf, (3, 3))(make_norm(self.norm, x.shape[-1])(x))
-        h = nn.softplus(h)
+        # The release normalises x_t itself first; that erases each image's mean and scale,
+        # which a denoiser needs (samples came out with grey backgrounds), so the stem
+        # starts with the conv.
+        h = nn.softplus(nn.Conv(self.nf, (3, 3))(x))
         widths = [self.nf * m for m in self.ch_mult]
         h = nn.softplus(nn.Conv(widths[0], (1, 1))(make_norm(self.norm, self.nf)(h)))
 

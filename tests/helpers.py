@@ -1,0 +1,39 @@
+"""Tiny settings that keep end-to-end tests fast on 2 CPU cores."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = [
+    "--config.model.cunet.nf=4", "--config.model.cunet.ch_mult=(1,2)", "--config.model.cunet.time_embed_dim=8",
+    "--config.model.unet.ch=32", "--config.model.unet.ch_mult=(1,2)", "--config.model.unet.num_res_blocks=1",
+    "--config.data.image_size=8", "--config.training.batch_size=8", "--config.training.log_every=2",
+    "--config.training.sample_every=1000", "--config.training.checkpoint_every=2",
+    "--config.sampling.num_samples=4", "--config.sampling.num_steps=3", "--config.diffusion.num_timesteps=50",
+]
+
+
+def tiny_config(name: str = "cunet"):
+    """The digits config shrunk the way TINY shrinks it on the command line."""
+    from odediff.config import load_config_file
+
+    c = load_config_file(REPO / "configs" / "digits.py")
+    c.model.name = name
+    c.model.cunet.update(nf=4, ch_mult=(1, 2), time_embed_dim=8)
+    c.model.unet.update(ch=32, ch_mult=(1, 2), num_res_blocks=1)
+    c.data.image_size = 8
+    c.training.update(batch_size=8, log_every=2, sample_every=1000, checkpoint_every=2)
+    c.sampling.update(num_samples=4, num_steps=3)
+    c.diffusion.num_timesteps = 50
+    return c
+
+
+def run(script: str, *args: str, devices: int = 1, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Runs train.py / sample.py as a user would, on `devices` fake CPU devices."""
+    e = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+         "JAX_PLATFORMS": "cpu", **(env or {})}
+    return subprocess.run([sys.executable, str(REPO / script), *args], cwd=REPO, env=e,
+                          capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,130 @@
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from odediff.config import default_config, load_config_file
+from odediff.models import build_denoiser
+from odediff.training import init_params
+
+
+def _count(params) -> int:
+    return sum(int(np.prod(a.shape)) for a in jax.tree.leaves(params))
+
+
+def _abstract_count(model, shape) -> int:
+    x = jnp.zeros(shape, jnp.float32)
+    return _count(jax.eval_shape(lambda: model.init(jax.random.key(0), x, jnp.zeros((1,), jnp.int32))))
+
+
+def _celeba64():
+    return load_config_file(Path(__file__).parents[1] / "configs" / "celeba64.py")
+
+
+def test_ddpm_unet_has_the_published_parameter_count():
+    c = default_config()
+    c.model.name = "unet"
+    c.model.unet.update(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1)
+    n = _abstract_count(build_denoiser(c.model), (1, 32, 32, 3))
+    assert abs(n - 35_746_307) <= 0.001 * 35_746_307, n
+
+
+def test_cunet_is_at_most_a_quarter_of_the_unet_at_the_paper_setting():
+    c = _celeba64()
+    shape = (1, 64, 64, 3)
+    n_unet = _abstract_count(_with(c, "unet"), shape)
+    n_cunet = _abstract_count(_with(c, "cunet"), shape)
+    assert n_unet == 35_746_307
+    assert n_cunet / n_unet <= 0.25, (n_cunet, n_unet)
+
+
+def _with(c, name):
+    c = c.copy_and_resolve_references()
+    c.model.name = name
+    return build_denoiser(c.model)
+
+
+def _tiny(name: str, **cunet):
+    c = default_config()
+    c.data.image_size = 8
+    c.model.name = name
+    c.model.cunet.update(nf=4, ch_mult=(1, 2), time_embed_dim=8, num_heads=2, head_dim=4, **cunet)
+    c.model.unet.update(ch=32, ch_mult=(1, 2), num_res_blocks=1)
+    return c
+
+
+def _perturbed(params, key, scale=0.3):
+    """Non-trivial params: the zero-initialised output layers would hide any dependence."""
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree.unflatten(tree, [p + scale * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)])
+
+
+@pytest.mark.parametrize("name", ["cunet", "unet"])
+def test_both_denoisers_share_one_interface_and_depend_on_t(name):
+    c = _tiny(name)
+    if name == "cunet":
+        c.model.cunet.attn_resolutions = (4,)
+    model = build_denoiser(c.model)
+    params = _perturbed(init_params(model, c, jax.random.key(0)), jax.random.key(1))
+    x = jax.random.normal(jax.random.key(2), (2, 8, 8, 1))
+    apply = jax.jit(lambda p, x, t: model.apply({"params": p}, x, t))
+    out_a = apply(params, x, jnp.array([3, 3], jnp.int32))
+    out_b = apply(params, x, jnp.array([900, 900], jnp.int32))
+    assert out_a.shape == x.shape and out_a.dtype == jnp.float32
+    assert bool(jnp.all(jnp.isfinite(out_a)))
+    assert float(jnp.max(jnp.abs(out_a - out_b))) > 1e-3 * float(jnp.max(jnp.abs(out_a)))
+
+
+def test_every_cunet_ode_block_is_time_conditioned():
+    c = _tiny("cunet")
+    model = build_denoiser(c.model)
+    params = init_params(model, c, jax.random.key(0))
+    blocks = [k for k in params if k.startswith("ODEBlock")]
+    assert len(blocks) == 2 * len(c.model.cunet.ch_mult) + 1
+    for k in blocks:
+        assert "time_proj" in params[k] and "field" in params[k]
+
+
+def test_cunet_output_differs_when_a_single_block_sees_another_t():
+    """Each block's FiLM really reaches the solve: zeroing one block's time projection changes the output."""
+    c = _tiny("cunet")
+    model = build_denoiser(c.model)
+    params = _perturbed(init_params(model, c, jax.random.key(0)), jax.random.key(1))
+    x = jax.random.normal(jax.random.key(2), (2, 8, 8, 1))
+    t = jnp.array([10, 500], jnp.int32)
+    base = model.apply({"params": params}, x, t)
+    for block in [k for k in params if k.startswith("ODEBlock")]:
+        cut = jax.tree.map(lambda a: a, params)
+        cut[block]["time_proj"] = jax.tree.map(jnp.zeros_like, cut[block]["time_proj"])
+        assert float(jnp.max(jnp.abs(model.apply({"params": cut}, x, t) - base))) > 0, block
+
+
+@pytest.mark.parametrize("norm", ["group", "instance"])
+def test_cunet_norms_build(norm):
+    c = _tiny("cunet", norm=norm)
+    model = build_denoiser(c.model)
+    params = init_params(model, c, jax.random.key(0))
+    assert _count(params) > 0
+
+
+def test_unet_dropout_uses_the_rng_only_in_training():
+    c = _tiny("unet")
+    c.model.unet.dropout = 0.5
+    model = build_denoiser(c.model)
+    params = _perturbed(init_params(model, c, jax.random.key(0)), jax.random.key(1))
+    x = jax.random.normal(jax.random.key(2), (2, 8, 8, 1))
+    t = jnp.array([1, 2], jnp.int32)
+    e1, e2 = (model.apply({"params": params}, x, t) for _ in range(2))
+    np.testing.assert_array_equal(e1, e2)
+    tr = [model.apply({"params": params}, x, t, train=True, rngs={"dropout": jax.random.key(i)}) for i in range(2)]
+    assert float(jnp.max(jnp.abs(tr[0] - tr[1]))) > 0
+
+
+def test_unknown_denoiser_is_a_clear_error():
+    c = default_config()
+    c.model.name = "transformer"
+    with pytest.raises(ValueError, match="unknown model.name 'transformer'"):
+        build_denoiser(c.model)

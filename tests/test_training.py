@@ -1,0 +1,83 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from helpers import tiny_config
+from odediff import data
+from odediff.models import build_denoiser
+from odediff.schedule import make_schedule
+from odediff.training import create_train_state, make_optimizer, train_step
+
+
+def _setup(name="cunet"):
+    c = tiny_config(name)
+    model = build_denoiser(c.model)
+    tx = make_optimizer(c.training)
+    schedule = make_schedule(c.diffusion.beta_schedule, c.diffusion.num_timesteps)
+    state = create_train_state(model, tx, c, jax.random.key(0))
+    source = data.load_source(c.data, "train")
+    batch = data.get_batch(source, c.data, c.training.batch_size, c.seed, 0)
+    return c, model, tx, schedule, state, batch
+
+
+def _run_on(devices, c, model, tx, schedule, state, batch, steps=2):
+    mesh = Mesh(np.array(devices), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    rep, split = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
+    fn = jax.jit(lambda s, b: train_step(model, tx, schedule, c, s, b), out_shardings=(rep, rep))
+    state = jax.device_put(state, rep)
+    for _ in range(steps):
+        state, metrics = fn(state, jax.device_put(batch, split))
+    return state, metrics
+
+
+@pytest.mark.parametrize("name", ["cunet", "unet"])
+def test_sharded_step_equals_single_device_step(name):
+    assert jax.device_count() == 4, "conftest gives 4 fake CPU devices"
+    setup = _setup(name)
+    one, m1 = _run_on(jax.devices()[:1], *setup)
+    four, m4 = _run_on(jax.devices(), *setup)
+    np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(four.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert int(four.step) == 2
+
+
+def test_a_nonfinite_batch_changes_nothing_and_is_recorded():
+    c, model, tx, schedule, state, batch = _setup()
+    fn = jax.jit(lambda s, b: train_step(model, tx, schedule, c, s, b))
+    good, _ = fn(state, batch)
+    bad_batch = batch.copy()
+    bad_batch[0, 0, 0, 0] = np.nan
+    after, metrics = fn(good, bad_batch)
+    assert not np.isfinite(float(metrics["loss"]))
+    assert int(after.first_nonfinite) == 1 and int(after.num_nonfinite) == 1
+    _assert_same((good.params, good.ema_params, good.opt_state), (after.params, after.ema_params, after.opt_state))
+    # "stop" refuses every later update too; "skip" goes on training.
+    stopped, _ = fn(after, batch)
+    _assert_same(stopped.params, good.params)
+    c.training.nonfinite = "skip"
+    fn_skip = jax.jit(lambda s, b: train_step(model, tx, schedule, c, s, b))
+    went_on, _ = fn_skip(after, batch)
+    with pytest.raises(AssertionError):
+        _assert_same(went_on.params, good.params)
+
+
+def _assert_same(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_training_reduces_the_loss():
+    c, model, tx, schedule, state, _ = _setup()
+    c.training.update(learning_rate=3e-3, warmup_steps=5)
+    tx = make_optimizer(c.training)
+    state = create_train_state(model, tx, c, jax.random.key(0))
+    source = data.load_source(c.data, "train")
+    fn = jax.jit(lambda s, b: train_step(model, tx, schedule, c, s, b))
+    losses = []
+    for step in range(60):
+        state, m = fn(state, data.get_batch(source, c.data, 32, c.seed, step))
+        losses.append(float(m["loss"]))
+    assert np.mean(losses[-10:]) < 0.6 * np.mean(losses[:10])
