@@ -31,9 +31,17 @@ def tiny_config(name: str = "cunet"):
     return c
 
 
-def run(script: str, *args: str, devices: int = 1, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+def _env(devices: int) -> dict:
+    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+
+
+def run(script: str, *args: str, devices: int = 1, timeout: int = 300) -> subprocess.CompletedProcess:
     """Runs train.py / sample.py as a user would, on `devices` fake CPU devices."""
-    e = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-         "JAX_PLATFORMS": "cpu", **(env or {})}
-    return subprocess.run([sys.executable, str(REPO / script), *args], cwd=REPO, env=e,
+    return subprocess.run([sys.executable, str(REPO / script), *args], cwd=REPO, env=_env(devices),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def spawn(script: str, *args: str, devices: int = 1) -> subprocess.Popen:
+    """Starts train.py / sample.py in the background (for several processes, or to signal it)."""
+    return subprocess.Popen([sys.executable, str(REPO / script), *args], cwd=REPO, env=_env(devices),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
