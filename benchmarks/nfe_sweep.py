@@ -1,0 +1,118 @@
+"""Sample quality against denoiser evaluations (NFE), for trained runs of both denoisers.
+
+python benchmarks/nfe_sweep.py --workdirs runs/mnist_cunet runs/mnist_unet [--num 1000]
+
+For each run: DDIM, DPM-Solver++(2M) and the probability-flow ODE (Heun) at about
+10, 20, 50 and 100 NFE, and the 1000-step ancestral reference; FD in the dataset's
+classifier feature space against the held-out split, wall time per image. Prints a
+table, writes JSON and one PNG.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import machine, markdown_table  # noqa: E402
+
+from odediff import data, parallel  # noqa: E402
+from odediff.evaluation import _all_images, default_cache_dir, evaluate_samples, feature_space  # noqa: E402
+from odediff.generation import restore_run  # noqa: E402
+from odediff.models import build_denoiser  # noqa: E402
+from odediff.samplers import sample  # noqa: E402
+from odediff.schedule import make_schedule  # noqa: E402
+
+
+def points(nfes: list[int]) -> list[tuple[str, int, dict]]:
+    """(sampler, num_steps, options) per point; Heun takes 2 evaluations per step."""
+    out = []
+    for n in nfes:
+        out += [("ddim", n, {}), ("dpmpp2m", n, {}), ("ode", max(n // 2, 2), {"solver": "heun"})]
+    return out + [("ancestral", 1000, {})]
+
+
+def run_sweep(workdir: str, nfes: list[int], num: int, batch: int, cache_dir: Path) -> list[dict]:
+    config, params, step = restore_run(workdir)
+    model = build_denoiser(config.model)
+    schedule = make_schedule(config.diffusion.beta_schedule, config.diffusion.num_timesteps)
+    space = feature_space(config.data, cache_dir)
+    real, _ = _all_images(data.load_source(config.data, "test"), num, seed=1)
+    shape = (batch, config.data.image_size, config.data.image_size, config.data.channels)
+    apply = lambda p, x, t: model.apply({"params": p}, x, t)
+    rows = []
+    for name, steps, options in points(nfes):
+        fn = jax.jit(lambda p, k, name=name, steps=steps, options=options: sample(
+            name, apply, p, k, shape, schedule, steps, prediction=config.diffusion.prediction, **options))
+        key = jax.random.key(0)
+        compiled = fn.lower(params, key).compile()
+        chunks, seconds, nfe = [], 0.0, 0
+        for i in range(-(-num // batch)):
+            t0 = time.perf_counter()
+            images, n = jax.block_until_ready(compiled(params, jax.random.fold_in(key, i)))
+            seconds += time.perf_counter() - t0
+            chunks.append(data.to_uint8(parallel.to_host(images)))
+            nfe = int(parallel.to_host(n))
+        samples = np.concatenate(chunks)[:num]
+        fd = evaluate_samples(samples, real, space)["fd"]
+        rows.append({"model": config.model.name, "workdir": workdir, "step": step, "sampler": name,
+                     "steps": steps, "nfe": nfe, "fd": fd, "seconds_per_image": seconds / num})
+        print(f"{config.model.name} {name} nfe={nfe}: FD {fd:.3f}, {seconds / num * 1e3:.1f} ms/image", flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--workdirs", nargs="+", required=True)
+    ap.add_argument("--nfe", type=int, nargs="+", default=[10, 20, 50, 100])
+    ap.add_argument("--num", type=int, default=1000)
+    ap.add_argument("--batch", type=int, default=250)
+    ap.add_argument("--cache_dir", default=None)
+    ap.add_argument("--out", default="benchmarks/results/nfe_sweep")
+    a = ap.parse_args()
+    cache = Path(a.cache_dir) if a.cache_dir else default_cache_dir(a.workdirs[0])
+    rows = [r for w in a.workdirs for r in run_sweep(w, a.nfe, a.num, min(a.batch, a.num), cache)]
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"\nFD (classifier features) against NFE, {a.num} samples each, on {machine()}")
+    print(markdown_table(["model", "sampler", "NFE", "FD", "ms / image"],
+                         [[r["model"], r["sampler"], r["nfe"], f"{r['fd']:.3f}", f"{r['seconds_per_image'] * 1e3:.1f}"] for r in rows]))
+    for model in sorted({r["model"] for r in rows}):
+        ref = next(r["fd"] for r in rows if r["model"] == model and r["sampler"] == "ancestral")
+        best50 = min(r["fd"] for r in rows if r["model"] == model and r["sampler"] != "ancestral" and r["nfe"] <= 51)
+        print(f"{model}: best FD at <= 50 NFE / 1000-step ancestral FD = {best50 / ref:.3f}")
+    (out / "nfe_sweep.json").write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
+    _plot(rows, out / "nfe_sweep.png")
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for model, style in (("cunet", "-"), ("unet", "--")):
+        for sampler in ("ddim", "dpmpp2m", "ode"):
+            pts = sorted((r["nfe"], r["fd"]) for r in rows if r["model"] == model and r["sampler"] == sampler)
+            if pts:
+                ax.plot(*zip(*pts), style, marker="o", label=f"{model} {sampler}")
+        ref = [r["fd"] for r in rows if r["model"] == model and r["sampler"] == "ancestral"]
+        if ref:
+            ax.axhline(ref[0], linestyle=style, color="grey", label=f"{model} ancestral 1000")
+    ax.set_xscale("log")
+    ax.set_xlabel("denoiser evaluations (NFE)")
+    ax.set_ylabel("FD (classifier features)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
