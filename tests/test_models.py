@@ -55,6 +55,10 @@ def _tiny(name: str, **cunet):
     return c
 
 
+def _init(model, c):
+    return jax.jit(lambda k: init_params(model, c, k))(jax.random.key(0))
+
+
 def _perturbed(params, key, scale=0.3):
     """Non-trivial params: the zero-initialised output layers would hide any dependence."""
     leaves, tree = jax.tree.flatten(params)
@@ -68,7 +72,7 @@ def test_both_denoisers_share_one_interface_and_depend_on_t(name):
     if name == "cunet":
         c.model.cunet.attn_resolutions = (4,)
     model = build_denoiser(c.model)
-    params = _perturbed(init_params(model, c, jax.random.key(0)), jax.random.key(1))
+    params = _perturbed(_init(model, c), jax.random.key(1))
     x = jax.random.normal(jax.random.key(2), (2, 8, 8, 1))
     apply = jax.jit(lambda p, x, t: model.apply({"params": p}, x, t))
     out_a = apply(params, x, jnp.array([3, 3], jnp.int32))
@@ -81,7 +85,7 @@ def test_both_denoisers_share_one_interface_and_depend_on_t(name):
 def test_every_cunet_ode_block_is_time_conditioned():
     c = _tiny("cunet")
     model = build_denoiser(c.model)
-    params = init_params(model, c, jax.random.key(0))
+    params = _init(model, c)
     blocks = [k for k in params if k.startswith("ODEBlock")]
     assert len(blocks) == 2 * len(c.model.cunet.ch_mult) + 1
     for k in blocks:
@@ -92,21 +96,22 @@ def test_cunet_output_differs_when_a_single_block_sees_another_t():
     """Each block's FiLM really reaches the solve: zeroing one block's time projection changes the output."""
     c = _tiny("cunet")
     model = build_denoiser(c.model)
-    params = _perturbed(init_params(model, c, jax.random.key(0)), jax.random.key(1))
+    params = _perturbed(_init(model, c), jax.random.key(1))
     x = jax.random.normal(jax.random.key(2), (2, 8, 8, 1))
     t = jnp.array([10, 500], jnp.int32)
-    base = model.apply({"params": params}, x, t)
+    apply = jax.jit(lambda p: model.apply({"params": p}, x, t))
+    base = apply(params)
     for block in [k for k in params if k.startswith("ODEBlock")]:
         cut = jax.tree.map(lambda a: a, params)
         cut[block]["time_proj"] = jax.tree.map(jnp.zeros_like, cut[block]["time_proj"])
-        assert float(jnp.max(jnp.abs(model.apply({"params": cut}, x, t) - base))) > 0, block
+        assert float(jnp.max(jnp.abs(apply(cut) - base))) > 0, block
 
 
 @pytest.mark.parametrize("norm", ["group", "instance"])
 def test_cunet_norms_build(norm):
     c = _tiny("cunet", norm=norm)
     model = build_denoiser(c.model)
-    params = init_params(model, c, jax.random.key(0))
+    params = _init(model, c)
     assert _count(params) > 0
 
 
@@ -114,12 +119,14 @@ def test_unet_dropout_uses_the_rng_only_in_training():
     c = _tiny("unet")
     c.model.unet.dropout = 0.5
     model = build_denoiser(c.model)
-    params = _perturbed(init_params(model, c, jax.random.key(0)), jax.random.key(1))
+    params = _perturbed(_init(model, c), jax.random.key(1))
     x = jax.random.normal(jax.random.key(2), (2, 8, 8, 1))
     t = jnp.array([1, 2], jnp.int32)
-    e1, e2 = (model.apply({"params": params}, x, t) for _ in range(2))
+    apply = jax.jit(lambda k, train: model.apply({"params": params}, x, t, train=train, rngs={"dropout": k}),
+                    static_argnums=1)
+    e1, e2 = (apply(jax.random.key(i), False) for i in range(2))
     np.testing.assert_array_equal(e1, e2)
-    tr = [model.apply({"params": params}, x, t, train=True, rngs={"dropout": jax.random.key(i)}) for i in range(2)]
+    tr = [apply(jax.random.key(i), True) for i in range(2)]
     assert float(jnp.max(jnp.abs(tr[0] - tr[1]))) > 0
 
 

@@ -1,0 +1,134 @@
+"""odediff.evaluation: sample metrics, the eps -> t* mapping, the denoising chain, evaluate.py."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from helpers import TINY, run
+from odediff import evaluation as E
+from odediff.schedule import make_schedule
+
+
+def _space(dim=6, seed=0):
+    """A fixed random linear feature map (no training), with a 3-class 'predictor'."""
+    w = np.random.default_rng(seed).standard_normal((8 * 8, dim))
+    feats = lambda x: x.reshape(len(x), -1).astype(np.float64) / 255.0 @ w
+    return E.FeatureSpace(kind="test", fd_label=E.CLASSIFIER_FD, features=feats,
+                          predict=lambda x: (x.reshape(len(x), -1).mean(1) > 127).astype(int) + (x[:, 0, 0, 0] > 200),
+                          num_classes=3)
+
+
+def _images(n, seed):
+    return np.random.default_rng(seed).integers(0, 256, (n, 8, 8, 1), dtype=np.uint8)
+
+
+def test_identical_sets_give_zero_fd_and_full_precision_recall():
+    x = _images(64, 0)
+    r = E.evaluate_samples(x, x, _space(), kid_subsets=5, kid_subset_size=32)
+    assert r["fd"] == pytest.approx(0.0, abs=1e-6)
+    assert r["precision"] == pytest.approx(1.0) and r["recall"] == pytest.approx(1.0)
+    assert r["fd_label"] == "FD (classifier features)"
+    assert sum(r["class_histogram"]) == pytest.approx(1.0) and r["class_histogram_tv"] == 0.0
+    json.dumps(r)  # everything serialisable
+
+
+def test_different_sets_give_positive_fd():
+    a = _images(64, 0)
+    b = np.clip(_images(64, 1).astype(int) // 2, 0, 255).astype(np.uint8)  # darker
+    r = E.evaluate_samples(b, a, _space(), reference=_images(64, 2), kid_subsets=5, kid_subset_size=32)
+    assert r["fd"] > 1.0 and r["fd"] > r["fd_real_vs_real"]
+    same = E.evaluate_samples(a, a, _space(), kid_subsets=5, kid_subset_size=32)
+    assert r["kid_mean"] > abs(same["kid_mean"])
+    assert "FD (classifier features)" in E.format_metrics(r)
+
+
+@pytest.mark.parametrize("kind,eps", [("linear", 0.05), ("linear", 0.1), ("linear", 0.3), ("cosine", 0.1), ("sigmoid", 0.2)])
+def test_matching_step_against_closed_form(kind, eps):
+    s = make_schedule(kind, 1000)
+    ab = np.asarray(s.alphas_cumprod, np.float64)
+    target = 1.0 / (1.0 + (2 * eps) ** 2)  # sqrt(1-ab)/sqrt(ab) = 2 eps
+    t = E.matching_step(s, eps)
+    # t* brackets the target: the closed-form alpha_bar lies between neighbouring steps' values
+    lo, hi = max(t - 1, 0), min(t + 1, 999)
+    assert ab[hi] <= target <= ab[lo]
+    sigma = np.sqrt(1 - ab[t]) / np.sqrt(ab[t])
+    assert sigma == pytest.approx(2 * eps, rel=0.05)
+
+
+def test_matching_step_linear_eps_01_near_59():
+    # linear betas: ab_t ~ exp(-(1e-4 t + 1e-5 t^2)) = 1/1.04 -> t ~ 59 (the notes' best step)
+    assert 55 <= E.matching_step(make_schedule("linear", 1000), 0.1) <= 62
+
+
+def _clean(n=3, size=16, seed=0):
+    yy, xx = np.mgrid[:size, :size]
+    base = ((np.sin(xx / 2.0 + seed) + np.cos(yy / 3.0)) * 60 + 128).astype(np.uint8)
+    return np.stack([np.roll(base, i, axis=1) for i in range(n)])[..., None]
+
+
+@pytest.mark.parametrize("sampler", ["ancestral", "ddim"])
+def test_denoise_with_an_oracle_improves_psnr(sampler):
+    clean = _clean()
+    target = jnp.asarray(clean.astype(np.float32) / 127.5 - 1.0)
+    s = make_schedule("linear", 1000)
+    oracle = lambda p, x, t: 0.97 * target  # a nearly exact x0 prediction, finite PSNR
+    r = E.denoise(oracle, None, s, "x0", clean, 0.1, 5, jax.random.key(0), sampler=sampler)
+    assert r["t_star"] == E.matching_step(s, 0.1) and r["steps"] == 5
+    assert np.isfinite(r["psnr"]) and np.isfinite(r["ssim"])
+    assert r["psnr"] > r["noisy_psnr"] + 5 and r["ssim"] > r["noisy_ssim"]
+    assert r["noisy_psnr"] == pytest.approx(20.0, abs=0.5)  # 20 log10(1 / 0.1)
+    assert 1 <= r["best_step"] <= 5 and len(r["psnr_curve"]) == 5
+
+
+def test_denoise_stops_at_t0_and_runs_a_tiny_model():
+    from helpers import tiny_config
+    from odediff.models import build_denoiser
+
+    c = tiny_config("cunet")
+    model = build_denoiser(c.model)
+    clean = _clean(2, 8)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,), jnp.int32))["params"]
+    s = make_schedule("linear", 50)
+    apply = lambda p, x, t: model.apply({"params": p}, x, t)
+    r = E.denoise(apply, params, s, "eps", clean, 0.05, 100, jax.random.key(1), batch=1)
+    assert r["steps"] == r["t_star"] + 1  # the chain ends at t = 0
+    assert all(np.isfinite(r["psnr_curve"])) and all(np.isfinite(r["ssim_curve"]))
+
+
+def test_classical_baselines_beat_the_noisy_input():
+    clean = _clean(4, 16)
+    key = jax.random.key(0)
+    b = E.classical_baselines(clean, 0.2, key)
+    noisy = E.noisy_images(clean, 0.2, key)
+    from odediff.metrics import psnr
+
+    base = float(np.mean(psnr(noisy, clean / 255.0)))
+    assert b["gaussian_blur"]["psnr"] > base and b["wiener"]["psnr"] > base
+
+
+def test_rgb_without_inception_weights_is_a_clear_error(tmp_path):
+    from helpers import tiny_config
+    from odediff.config import ConfigError
+
+    c = tiny_config().data
+    c.channels = 3
+    with pytest.raises(ConfigError, match="inception_weights"):
+        E.feature_space(c, tmp_path)
+
+
+def test_evaluate_py_end_to_end(tmp_path):
+    wd = tmp_path / "run"
+    proc = run("train.py", f"--workdir={wd}", "--config.training.num_steps=2", *TINY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run("evaluate.py", f"--workdir={wd}", "--num=20", "--steps=2", "--batch=8",
+               f"--cache_dir={tmp_path / 'cache'}", "--classifier_steps=20")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "FD (classifier features)" in proc.stdout
+    out = json.loads((wd / "eval_2_ddim2.json").read_text())
+    assert out["num_samples"] == 20 and np.isfinite(out["fd"]) and len(out["class_histogram"]) == 10
+    # a missing run is one line and exit 2
+    proc = run("evaluate.py", f"--workdir={tmp_path / 'nope'}", "--num=4")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
