@@ -1,14 +1,21 @@
 """Orbax checkpoints under <workdir>/checkpoints: train state plus a JSON record (config, step, data position)."""
 
 import logging
+import shutil
+import time
+import zlib
 from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
+from odediff import parallel
+
 log = logging.getLogger(__name__)
+
+COMMIT_FILE = "commit_success.txt"  # orbax writes it last, in every step it finishes
 
 
 class CheckpointError(RuntimeError):
@@ -25,44 +32,88 @@ class Checkpointer:
     def __init__(self, workdir: str | Path, keep: int = 3, *, read_only: bool = False):
         options = ocp.CheckpointManagerOptions(max_to_keep=None if read_only else keep, create=not read_only)
         self.directory = checkpoint_dir(workdir)
-        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+        if not read_only and jax.process_index() == 0:
+            for tmp in sorted(self.directory.glob("*.orbax-checkpoint-tmp*")):  # orbax ignores them
+                log.warning("removing %s: a save that never finished", tmp)
+                shutil.rmtree(tmp)
+        handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     def steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
 
     def save(self, step: int, state: Any, meta: dict, *, force: bool = False) -> None:
-        """Starts an asynchronous save; every process must call it."""
+        """Starts an asynchronous save, with a checksum of the state in the record; every
+        process must call it."""
+        meta = {**meta, "state_crc32": _crc32(_host_leaves(state))}
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         self._manager.save(step, args=args, force=force)
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
-        """The state at `step`, shaped and sharded like `abstract_state`, and its JSON record."""
+        """The state at `step`, shaped and sharded like `abstract_state`, and its JSON record.
+        Raises CheckpointError saying why when the step is unfinished, unreadable, corrupted
+        or does not fit `abstract_state`."""
+        self._check_committed(step)
         args = ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
         )
-        out = self._manager.restore(step, args=args)
-        return out.state, dict(out.meta)
+        try:
+            _check_fits(self._manager.item_metadata(step)["state"], abstract_state)
+            out = self._manager.restore(step, args=args)
+        except CheckpointError:
+            raise
+        except Exception as e:  # missing or truncated files, unreadable metadata
+            raise CheckpointError(f"its files cannot be read ({_one_line(e)})") from e
+        state, meta = out.state, dict(out.meta)
+        leaves = _host_leaves(state)
+        if "state_crc32" in meta and _crc32(leaves) != meta["state_crc32"]:
+            raise CheckpointError("its arrays differ from the checksum saved with them: the files are corrupted")
+        if not all(np.isfinite(a).all() for a in leaves if np.issubdtype(a.dtype, np.floating)):
+            raise CheckpointError("it holds non-finite values")
+        return state, meta
 
     def read_meta(self, step: int) -> dict:
         """The JSON record alone (config and step), without touching the arrays."""
-        out = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        self._check_committed(step)
+        try:
+            out = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        except Exception as e:
+            raise CheckpointError(f"its record cannot be read ({_one_line(e)})") from e
         return dict(out.meta)
+
+    def _check_committed(self, step: int) -> None:
+        if not (self.directory / str(step) / COMMIT_FILE).is_file():
+            raise CheckpointError(f"it has no {COMMIT_FILE}, so its save never finished")
 
     def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict] | None:
         """The newest step that restores and passes checks; damaged ones are skipped with a
-        warning naming them. None if there is no checkpoint at all."""
+        warning naming them, and the newer ones moved aside to <step>.unusable so that training
+        can save those steps again. None if there is no checkpoint at all."""
         steps = self.steps()
+        reasons = []
         for step in reversed(steps):
             try:
                 state, meta = self.restore(step, abstract_state)
-                _check_finite(state)
-                return step, state, meta
-            except Exception as e:  # any damage: missing files, bad metadata, truncated arrays
-                log.warning("checkpoint step %d in %s is unusable (%s); trying an older one",
-                            step, self.directory, _one_line(e))
+            except CheckpointError as e:
+                reasons.append(f"step {step}: {e}")
+                log.warning("checkpoint step %d in %s is unusable (%s); trying an older one", step, self.directory, e)
+                continue
+            self._move_aside([s for s in steps if s > step])
+            return step, state, meta
         if steps:
-            raise CheckpointError(f"no usable checkpoint in {self.directory} (steps {steps} are all damaged)")
+            raise CheckpointError(f"no usable checkpoint in {self.directory} ({'; '.join(reasons)})")
         return None
+
+    def _move_aside(self, steps: list[int]) -> None:
+        """Renames unusable steps out of orbax's sight (keeping them for inspection)."""
+        if not steps:
+            return
+        if jax.process_index() == 0:
+            for step in steps:
+                (self.directory / str(step)).rename(self.directory / f"{step}.unusable-{time.time_ns()}")
+            log.warning("moved unusable checkpoint steps %s in %s aside to <step>.unusable-<time>", steps, self.directory)
+        ocp.multihost.sync_global_processes("odediff_move_unusable_checkpoints")
+        self._manager.reload()
 
     def wait(self) -> None:
         self._manager.wait_until_finished()
@@ -72,12 +123,38 @@ class Checkpointer:
         self._manager.close()
 
 
-def _check_finite(state: Any) -> None:
-    for leaf in jax.tree.leaves(state):
-        if jnp.issubdtype(leaf.dtype, jnp.floating) and not bool(jnp.isfinite(leaf).all()):
-            raise CheckpointError("it holds non-finite values")
+def _host_leaves(state: Any) -> list[np.ndarray]:
+    return [np.ascontiguousarray(parallel.to_host(leaf)) for leaf in jax.tree.leaves(state)]
 
 
-def _one_line(e: Exception) -> str:
+def _crc32(leaves: list[np.ndarray]) -> int:
+    """A checksum of every array's bytes, to tell a damaged checkpoint from an intact one."""
+    crc = 0
+    for a in leaves:
+        crc = zlib.crc32(a.reshape(-1).view(np.uint8), crc)
+    return crc
+
+
+def _check_fits(stored: Any, abstract_state: Any) -> None:
+    """Raises CheckpointError when the saved params have other names or shapes than the
+    model built from the config would have (a config edited or copied from another run)."""
+    if stored is None:  # no readable state metadata: restore will say why
+        return
+    on_disk = {m.name.removeprefix("params."): tuple(m.shape) for m in jax.tree.leaves(stored)
+               if m.name.startswith("params.")}
+    wanted = {".".join(str(k.key) for k in path): tuple(leaf.shape)
+              for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_state.params)[0]}
+    if on_disk == wanted:
+        return
+    missing, extra = sorted(set(wanted) - set(on_disk)), sorted(set(on_disk) - set(wanted))
+    shapes = sorted(k for k in set(wanted) & set(on_disk) if wanted[k] != on_disk[k])
+    detail = (f"{shapes[0]} is {on_disk[shapes[0]]} on disk but {wanted[shapes[0]]} in the model" if shapes
+              else f"{len(missing)} params missing and {len(extra)} unexpected, e.g. {(missing or extra)[0]}")
+    raise CheckpointError(f"its params do not fit the model its config builds ({detail})")
+
+
+def _one_line(e: BaseException) -> str:
+    while e.__cause__ is not None:  # the innermost error says what actually broke
+        e = e.__cause__
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}"[:300]

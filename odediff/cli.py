@@ -1,5 +1,6 @@
 """The command-line programs behind train.py and sample.py: flags, errors, exit codes."""
 
+import re
 import sys
 from pathlib import Path
 
@@ -19,19 +20,34 @@ def _fail(prog: str, message: str, code: int = 2):
     sys.exit(code)
 
 
+def _flag_failure(prog: str, e: Exception, argv: list[str]) -> str:
+    """One line for a flag that absl or ml_collections refused."""
+    if isinstance(e, flags.Error):
+        return str(e).strip().splitlines()[0] + f" (see {prog} --help)"
+    if isinstance(e, (KeyError, AttributeError)):  # ml_collections: an override names no config field
+        while e.args and isinstance(e.args[0], BaseException):
+            e = e.args[0]
+        lines = str(e.args[0] if e.args else e).splitlines() or ["?"]
+        key = lines[0].strip("'\"")
+        pattern = re.compile(rf"--?config(\.\w+)*\.{re.escape(key)}(\.|=|$)")
+        where = next((a.split("=")[0] for a in argv if pattern.match(a)), "a --config.* override")
+        hint = " ".join(lines[1:]).strip()
+        return f"unknown config field {key!r} in {where}" + (f": {hint[0].lower()}{hint[1:]}" if hint else "")
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 def parse_flags(prog: str, argv: list[str]) -> list[str]:
     """absl flag parsing whose every failure is one line on stderr and exit code 2."""
     try:
         return flags.FLAGS(argv)
-    except flags.Error as e:
-        _fail(prog, str(e).strip().splitlines()[0] + f" (see {prog} --help)")
-    except Exception as e:  # a config file that does not load or a bad override
-        _fail(prog, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+    except Exception as e:  # flags.Error, or a bad --config.* override
+        _fail(prog, _flag_failure(prog, e, argv))
 
 
 def run_main(prog: str, main) -> None:
     """Runs `main()`, turning the errors a user can fix into one line and exit code 2."""
-    absl_logging.set_verbosity(absl_logging.WARNING)
+    absl_logging.set_verbosity(absl_logging.ERROR)  # libraries' absl warnings are noise to a user
     try:
         main()
     except USAGE_ERRORS as e:
@@ -41,11 +57,29 @@ def run_main(prog: str, main) -> None:
 # ---------------------------------------------------------------------------- train.py
 
 
+def _check_config_file(argv: list[str]) -> None:
+    """A missing --config file, which ml_collections reports only later and obscurely."""
+    for i, arg in enumerate(argv):
+        if arg.startswith(("--config=", "-config=")):
+            value = arg.split("=", 1)[1]
+        elif arg in ("--config", "-config") and i + 1 < len(argv):
+            value = argv[i + 1]
+        else:
+            continue
+        if not Path(value.split(":")[0]).is_file():
+            configs = ", ".join(sorted(f"configs/{p.name}" for p in (REPO / "configs").glob("*.py")))
+            _fail("train.py", f"config file {value} does not exist: pass one of {configs}")
+
+
 def define_train_flags() -> None:
-    config_flags.DEFINE_config_file(
-        "config", str(REPO / "configs" / "digits.py"),
-        "A configs/<name>.py file; override fields with --config.a.b=value.", lock_config=True,
-    )
+    _check_config_file(sys.argv)
+    try:  # without --config, ml_collections applies the --config.* overrides right here
+        config_flags.DEFINE_config_file(
+            "config", str(REPO / "configs" / "digits.py"),
+            "A configs/<name>.py file; override fields with --config.a.b=value.", lock_config=True,
+        )
+    except Exception as e:
+        _fail("train.py", _flag_failure("train.py", e, sys.argv))
     flags.DEFINE_string("workdir", None, "Run directory (default runs/<config name>).")
     flags.DEFINE_bool("allow_config_change", False,
                       "Continue a run in --workdir even though its config differs from this one.")

@@ -132,6 +132,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     for key, choices in _CHOICES.items():
         if flat[key] not in choices:
             raise ConfigError(f"{key}={flat[key]!r} is not one of {choices}")
+    mult = config.model[config.model.name].ch_mult
+    if not isinstance(mult, tuple) or not mult or not all(isinstance(m, int) and m > 0 for m in mult):
+        raise ConfigError(f"model.{config.model.name}.ch_mult={mult!r} must be a tuple of positive integers, e.g. (1,2)")
     size, factor = config.data.image_size, 2 ** num_downsamples(config.model)
     if size <= 0 or size % factor:
         raise ConfigError(

@@ -28,18 +28,11 @@ def restore_run(workdir: str | Path, step: int | None = None) -> tuple[ml_collec
     step = steps[-1] if step is None else step
     try:
         config = ml_collections.ConfigDict(ckpt.read_meta(step)["config"])
-    except Exception as e:
-        raise CheckpointError(f"checkpoint step {step} in {ckpt.directory} is unusable: its record cannot be read ({e})") from e
-    model = build_denoiser(config.model)
-    abstract = abstract_train_state(model, make_optimizer(config.training), config,
-                               parallel.replicated(parallel.make_mesh()))
-    try:
+        abstract = abstract_train_state(build_denoiser(config.model), make_optimizer(config.training), config,
+                                        parallel.replicated(parallel.make_mesh()))
         state, _ = ckpt.restore(step, abstract)
-    except Exception as e:
-        raise CheckpointError(
-            f"checkpoint step {step} in {ckpt.directory} is unusable: {type(e).__name__}: "
-            f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:400]
-        ) from e
+    except CheckpointError as e:
+        raise CheckpointError(f"checkpoint step {step} in {ckpt.directory} is unusable: {e}") from e
     ckpt.close()
     return config, state.ema_params, step
 

@@ -4,6 +4,7 @@ All randomness is a function of (seed, step), so a run restarted from a checkpoi
 continues exactly as if it had never stopped.
 """
 
+import contextlib
 import json
 import logging
 import signal
@@ -213,9 +214,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     sample grids, checkpoints and a loss curve there. Returns the final state."""
     workdir = Path(workdir)
     check_config(config)
-    parallel.check_batch_size(config.training.batch_size)
-    _check_workdir_config(workdir, config, allow_config_change)
+    try:
+        parallel.check_batch_size(config.training.batch_size)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     source = data.load_source(config.data, "train")
+    _check_workdir_config(workdir, config, allow_config_change)
     tc = config.training
     is_main = jax.process_index() == 0
     workdir.mkdir(parents=True, exist_ok=True)
@@ -250,7 +254,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     from tqdm import tqdm
 
     bar = tqdm(total=tc.num_steps, initial=start, disable=not is_main, unit="step", dynamic_ncols=True)
-    with _StopFlag() as stop:
+    # Closing also on errors finishes the saves in flight, so no good step is lost.
+    with _StopFlag() as stop, bar, contextlib.closing(ckpt), contextlib.closing(writer):
         step = start
         while step < tc.num_steps:
             local = data.get_batch(source, config.data, tc.batch_size, config.seed, step,
@@ -278,13 +283,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
                 ckpt.save(step, state, meta(step), force=True)
             if stop.signum:
                 break
-    bar.close()
-    ckpt.close()
-    writer.close()
     if is_main:
         _plot_loss(workdir)
     if stop.signum:
-        print(f"stopped by signal {stop.signum} at step {step}: checkpoint saved in {ckpt.directory}", flush=True)
+        print(f"stopped by {signal.Signals(stop.signum).name} at step {step}: checkpoint saved in "
+              f"{ckpt.directory}; run the same command to resume", flush=True)
     return state
 
 

@@ -1,0 +1,356 @@
+"""Fault injection, end to end: kills, preemption, damaged checkpoints, NaNs and bad input."""
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from helpers import REPO, TINY, run, tiny_config
+from odediff import parallel
+from odediff.checkpoint import CheckpointError, Checkpointer
+from odediff.generation import restore_run
+from odediff.models import build_denoiser
+from odediff.training import abstract_train_state, make_optimizer
+
+N = 16  # steps of every full run: long enough to interrupt while checkpoints land every 2
+ARGS = [f"--config.training.num_steps={N}", *TINY]
+
+
+def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _usage_error(proc: subprocess.CompletedProcess, prog: str, pattern: str) -> None:
+    """Exit code 2 and exactly one line on stderr: '<prog>: error: ...' matching `pattern`."""
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, (proc.returncode, proc.stderr[-3000:])
+    assert lines[0].startswith(f"{prog}: error: ") and re.search(pattern, lines[0]), lines[0]
+
+
+def _snapshot(workdir: Path) -> dict[str, str]:
+    return {str(p.relative_to(workdir)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(workdir.rglob("*")) if p.is_file()}
+
+
+def _steps_on_disk(workdir: Path) -> list[int]:
+    d = workdir / "checkpoints"
+    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
+
+
+def _state(workdir: Path, step: int):
+    """The full train state of a checkpoint, restored with its own config."""
+    ckpt = Checkpointer(workdir, read_only=True)
+    config = ml_collections.ConfigDict(ckpt.read_meta(step)["config"])
+    abstract = abstract_train_state(build_denoiser(config.model), make_optimizer(config.training), config,
+                                    parallel.replicated(parallel.make_mesh()))
+    return ckpt.restore(step, abstract)[0]
+
+
+def _assert_bitwise_equal(a, b) -> None:
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compilation_cache(tmp_path_factory):
+    """One persistent compilation cache for this file's train.py and sample.py runs, which
+    compile the same programs again and again (this process's JAX is already configured)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("jax_cache")))
+        mp.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+        mp.setenv("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+        yield
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """An uninterrupted run of N steps on one device."""
+    workdir = tmp_path_factory.mktemp("reference") / "run"
+    _ok(run("train.py", f"--workdir={workdir}", *ARGS))
+    assert _steps_on_disk(workdir)[-1] == N
+    return workdir
+
+
+# ---------------------------------------------------------------------------- kills and preemption
+
+
+class _Train:
+    """train.py started in the background, its output going to files."""
+
+    def __init__(self, workdir: Path, log: Path):
+        env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+        self.out, self.err = open(log.with_suffix(".out"), "w+"), open(log.with_suffix(".err"), "w+")
+        self.workdir = workdir
+        self.proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), f"--workdir={workdir}", *ARGS],
+                                     cwd=REPO, env=env, stdout=self.out, stderr=self.err, text=True)
+
+    def wait_for_checkpoint_after(self, step: int, timeout: float = 240) -> None:
+        deadline = time.time() + timeout
+        while not (_steps_on_disk(self.workdir) and _steps_on_disk(self.workdir)[-1] > step):
+            assert self.proc.poll() is None, f"train.py ended early: {self.output()[1][-3000:]}"
+            assert time.time() < deadline, "no new checkpoint in time"
+            time.sleep(0.02)
+
+    def finish(self) -> tuple[int, str, str]:
+        rc = self.proc.wait(timeout=240)
+        out, err = self.output()
+        self.out.close()
+        self.err.close()
+        return rc, out, err
+
+    def output(self) -> tuple[str, str]:
+        for f in (self.out, self.err):
+            f.flush()
+            f.seek(0)
+        return self.out.read(), self.err.read()
+
+
+def test_killed_and_preempted_run_resumes_bitwise_equal_to_an_uninterrupted_one(reference, tmp_path):
+    workdir = tmp_path / "run"
+    # SIGKILL once a checkpoint beyond step 2 is on disk: whatever was in flight is lost.
+    killed = _Train(workdir, tmp_path / "killed")
+    killed.wait_for_checkpoint_after(2)
+    killed.proc.kill()
+    assert killed.finish()[0] == -signal.SIGKILL
+    resumed_from = _steps_on_disk(workdir)[-1]
+    assert 2 < resumed_from < N
+
+    # Restarted with the same command, then preempted: SIGTERM saves the current step and exits 0.
+    preempted = _Train(workdir, tmp_path / "preempted")
+    preempted.wait_for_checkpoint_after(resumed_from)
+    preempted.proc.send_signal(signal.SIGTERM)
+    rc, out, err = preempted.finish()
+    assert rc == 0, err[-3000:]
+    stopped = re.search(r"^stopped by SIGTERM at step (\d+): checkpoint saved in (\S+);", out, re.M)
+    assert stopped, out
+    step = int(stopped[1])
+    assert resumed_from < step < N and _steps_on_disk(workdir)[-1] == step
+    assert Path(stopped[2]) == workdir / "checkpoints"
+    _state(workdir, step)  # intact
+
+    # Restarted once more, it finishes; every array equals the uninterrupted run's, bit for bit.
+    _ok(run("train.py", f"--workdir={workdir}", *ARGS))
+    _assert_bitwise_equal(_state(workdir, N), _state(reference, N))
+
+
+# ---------------------------------------------------------------------------- damaged checkpoints
+
+
+def _biggest_array_file(step_dir: Path) -> Path:
+    return max((step_dir / "state").rglob("ocdbt.process_0/d/*"), key=lambda p: p.stat().st_size)
+
+
+def _alter_an_array(step_dir: Path) -> None:
+    """Rewrites one array in place with other, well-formed values: damage that reads fine."""
+    import tensorstore as ts
+
+    kvstore = {"driver": "ocdbt", "base": f"file://{step_dir}/state/", "path": "params.Conv_0.bias/"}
+    array = ts.open({"driver": "zarr", "kvstore": kvstore}).result()
+    array.write(array.read().result() + np.float32(1)).result()
+
+
+DAMAGE = {  # what a crash, a full disk or a bad copy leaves behind in a step directory
+    "no commit marker": (lambda d: (d / "commit_success.txt").unlink(), r"no commit_success.txt"),
+    "truncated array file": (lambda d: os.truncate(_biggest_array_file(d), 100), r"files cannot be read"),
+    "altered array": (_alter_an_array, r"differ from the checksum"),
+    "no array metadata": (lambda d: (d / "state" / "_METADATA").unlink(), r"files cannot be read"),
+    "no state": (lambda d: shutil.rmtree(d / "state"), r"files cannot be read"),
+    "empty": (lambda d: [shutil.rmtree(d), d.mkdir()], r"no commit_success.txt"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax's reads left behind
+def test_a_damaged_newest_step_is_named_and_skipped(reference, tmp_path, damage, caplog):
+    workdir = tmp_path / "run"
+    shutil.copytree(reference, workdir)
+    damage_fn, reason = DAMAGE[damage]
+    damage_fn(workdir / "checkpoints" / str(N))
+    # sample.py's restore refuses it, saying which step and why.
+    with pytest.raises(CheckpointError, match=rf"checkpoint step {N} in .* is unusable: .*{reason}"):
+        restore_run(workdir)
+    # Training's restore falls back to the newest intact step and moves the bad one aside.
+    abstract = abstract_train_state(build_denoiser(tiny_config().model), make_optimizer(tiny_config().training),
+                                    tiny_config(), parallel.replicated(parallel.make_mesh()))
+    with caplog.at_level(logging.WARNING, logger="odediff.checkpoint"):
+        step, _, _ = Checkpointer(workdir).restore_latest(abstract)
+    assert step == N - 2
+    assert re.search(rf"checkpoint step {N} in .* is unusable \(.*{reason}", caplog.text), caplog.text
+    assert Checkpointer(workdir).steps()[-1] == N - 2 == _steps_on_disk(workdir)[-1]
+    assert list((workdir / "checkpoints").glob(f"{N}.unusable-*"))  # kept for inspection
+
+
+def test_a_half_written_step_is_ignored_and_removed(reference, tmp_path, caplog):
+    workdir = tmp_path / "run"
+    shutil.copytree(reference, workdir)
+    unfinished = workdir / "checkpoints" / f"{N}.orbax-checkpoint-tmp"  # how orbax leaves a save cut short
+    (workdir / "checkpoints" / str(N)).rename(unfinished)
+    assert restore_run(workdir)[2] == N - 2
+    with caplog.at_level(logging.WARNING, logger="odediff.checkpoint"):
+        ckpt = Checkpointer(workdir)
+    assert ckpt.steps()[-1] == N - 2
+    ckpt.close()
+    assert f"removing {unfinished}: a save that never finished" in caplog.text
+    assert not unfinished.exists()
+
+
+def test_cli_reports_a_damaged_checkpoint_and_training_resumes_before_it(reference, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(reference, workdir)
+    os.truncate(_biggest_array_file(workdir / "checkpoints" / str(N)), 100)
+    before = _snapshot(workdir)
+    _usage_error(run("sample.py", f"--workdir={workdir}", "--num=2"), "sample.py",
+                 rf"checkpoint step {N} in \S+ is unusable: its files cannot be read \(.*\)")
+    assert _snapshot(workdir) == before
+
+    proc = _ok(run("train.py", f"--workdir={workdir}", *ARGS))
+    assert re.search(rf"checkpoint step {N} in \S+ is unusable \(its files cannot be read", proc.stderr)
+    _assert_bitwise_equal(_state(workdir, N), _state(reference, N))
+
+
+# ---------------------------------------------------------------------------- NaN and inf
+
+# train.py whose data turn to NaN at step $NAN_STEP, and which gets SIGINT while fetching
+# the batch of step $SIGINT_STEP (if set).
+FAULTY_TRAIN = """
+import os, signal, sys
+import numpy as np
+from odediff import cli, data
+
+real_get_batch = data.get_batch
+
+def get_batch(source, config, batch_size, seed, step, *args):
+    if step == int(os.environ.get("SIGINT_STEP", -1)):
+        os.kill(os.getpid(), signal.SIGINT)
+    batch = real_get_batch(source, config, batch_size, seed, step, *args)
+    return np.full_like(batch, np.nan) if step == int(os.environ["NAN_STEP"]) else batch
+
+data.get_batch = get_batch
+cli.define_train_flags()
+cli.parse_flags("train.py", sys.argv)
+cli.run_main("train.py", cli.train_main)
+"""
+
+
+def _faulty_train(tmp_path: Path, *args: str, **env: int) -> subprocess.CompletedProcess:
+    script = tmp_path / "faulty_train.py"
+    script.write_text(FAULTY_TRAIN)
+    e = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu",
+         **{k: str(v) for k, v in env.items()}}
+    return subprocess.run([sys.executable, str(script), *args], cwd=REPO, env=e, capture_output=True, text=True,
+                          timeout=300)
+
+
+def _all_checkpoints_finite(workdir: Path) -> list[int]:
+    steps = _steps_on_disk(workdir)
+    for step in steps:
+        for leaf in jax.tree.leaves(_state(workdir, step)):
+            assert np.isfinite(np.asarray(leaf)).all(), step
+    return steps
+
+
+def test_nonfinite_stop_names_the_step_and_writes_no_bad_checkpoint(tmp_path):
+    workdir = tmp_path / "run"
+    proc = _faulty_train(tmp_path, f"--workdir={workdir}", *ARGS, NAN_STEP=3)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert re.fullmatch(r"train.py: error: non-finite loss or gradient at step 3; training stopped .*", lines[-1])
+    assert _all_checkpoints_finite(workdir) == [2]
+
+
+def test_nonfinite_skip_finishes_and_sigint_saves_a_checkpoint(tmp_path):
+    workdir = tmp_path / "run"
+    args = [f"--workdir={workdir}", *ARGS, "--config.training.nonfinite=skip"]
+    proc = _ok(_faulty_train(tmp_path, *args, NAN_STEP=1, SIGINT_STEP=4))
+    assert re.search(r"^stopped by SIGINT at step 5: checkpoint saved in ", proc.stdout, re.M), proc.stdout
+    assert _all_checkpoints_finite(workdir) == [2, 4, 5]
+    _ok(_faulty_train(tmp_path, *args, NAN_STEP=1, SIGINT_STEP=4))  # resumes at 5 and finishes
+    assert _all_checkpoints_finite(workdir) == [12, 14, N]
+    state = _state(workdir, N)
+    assert int(state.first_nonfinite) == 1 and int(state.num_nonfinite) == 1
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+@pytest.fixture(scope="module")
+def existing(reference, tmp_path_factory) -> Path:
+    """A copy of a finished run, which failed commands must leave as it is."""
+    workdir = tmp_path_factory.mktemp("existing") / "run"
+    shutil.copytree(reference, workdir)
+    return workdir
+
+
+BAD_TRAIN = {
+    "unknown config file": (["--config=configs/nope.py"], 1, r"config file configs/nope.py does not exist: pass one of"),
+    "unknown config key": (["--config.training.batch_sise=8"], 1,
+                           r"unknown config field 'batch_sise' in --config.training.batch_sise: did you mean"),
+    "wrong type": (["--config.training.batch_size=abc"], 1, r"--config.training.batch_size=abc: invalid literal for int"),
+    "unknown dataset": (["--config.data.source=imagenet"], 1, r"data.source='imagenet' is not known: use one of"),
+    "missing source path": (["--config.data.source=npz:/nonexistent/x.npz"], 1, r"npz:/nonexistent/x.npz does not exist"),
+    "tfds offline": (["--config.data.source=tfds:mnist", "--config.data.data_dir={empty}"], 1,
+                     r"tfds dataset 'mnist' is not prepared in \S+ and cannot be downloaded offline"),
+    "image size": (["--config.data.image_size=10"], 1, r"data.image_size=10 is not divisible by 4"),
+    "batch vs devices": (["--config.training.batch_size=6"], 4, r"batch_size=6 is not divisible by the 4 devices"),
+    "different config": (["--config.model.cunet.nf=8"], 1,
+                         r"holds a run with a different config \(model.cunet.nf\): .*--allow_config_change"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_TRAIN)
+def test_bad_train_input_is_one_line_and_changes_nothing(existing, tmp_path, case):
+    args, devices, pattern = BAD_TRAIN[case]
+    args = [a.format(empty=tmp_path) for a in args]
+    config_file = [a for a in args if a.startswith("--config=")]  # must come before the overrides
+    before = _snapshot(existing)
+    proc = run("train.py", *config_file, f"--workdir={existing}", *ARGS,
+               *[a for a in args if a not in config_file], devices=devices)
+    _usage_error(proc, "train.py", pattern)
+    assert _snapshot(existing) == before
+    assert not list(tmp_path.iterdir())  # not even the empty tfds data_dir was written to
+
+
+def test_allow_config_change_continues_the_run(existing, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(existing, workdir)
+    checkpoints = _snapshot(workdir / "checkpoints")
+    _ok(run("train.py", f"--workdir={workdir}", *ARGS, "--config.training.learning_rate=0.01",
+            "--allow_config_change"))
+    assert json.loads((workdir / "config.json").read_text())["training"]["learning_rate"] == 0.01
+    assert _snapshot(workdir / "checkpoints") == checkpoints  # already at num_steps: nothing to train
+
+
+def test_sample_without_checkpoints_or_workdir(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    _usage_error(run("sample.py", f"--workdir={tmp_path}"), "sample.py",
+                 rf"{tmp_path} has no checkpoints/ folder: train first")
+    _usage_error(run("sample.py", "--num=2"), "sample.py", r"--workdir must have a value other than None")
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
+
+
+def test_sample_refuses_params_that_do_not_fit_the_saved_config(existing, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(existing, workdir)
+    meta = workdir / "checkpoints" / str(N) / "meta" / "metadata"
+    record = json.loads(meta.read_text())
+    record["config"]["model"]["cunet"]["nf"] = 8
+    meta.write_text(json.dumps(record))
+    before = _snapshot(workdir)
+    _usage_error(run("sample.py", f"--workdir={workdir}", "--num=2"), "sample.py",
+                 rf"checkpoint step {N} in \S+ is unusable: its params do not fit the model its config builds "
+                 r"\(Conv_0.bias is \(4,\) on disk but \(8,\) in the model\)")
+    assert _snapshot(workdir) == before
