@@ -6,6 +6,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from odediff.config import ConfigError
+
 DATA_AXIS = "data"
 
 
@@ -46,7 +48,7 @@ def check_batch_size(batch_size: int) -> None:
     """The global batch must split evenly over devices (and so over processes)."""
     n = jax.device_count()
     if batch_size % n:
-        raise ValueError(
+        raise ConfigError(
             f"training.batch_size={batch_size} is not divisible by the {n} devices: "
             f"pass --config.training.batch_size=<a multiple of {n}>"
         )

@@ -102,7 +102,7 @@ def train_step(
     loss, grads = jax.value_and_grad(
         lambda p: diffusion_loss(apply, p, schedule, batch, k_loss, config.diffusion.prediction)
     )(state.params)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     with jax.numpy_dtype_promotion("standard"):  # optax mixes int32 counts with floats
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -214,10 +214,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     sample grids, checkpoints and a loss curve there. Returns the final state."""
     workdir = Path(workdir)
     check_config(config)
-    try:
-        parallel.check_batch_size(config.training.batch_size)
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
+    parallel.check_batch_size(config.training.batch_size)
     source = data.load_source(config.data, "train")
     _check_workdir_config(workdir, config, allow_config_change)
     tc = config.training
