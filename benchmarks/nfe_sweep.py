@@ -11,21 +11,14 @@ table, writes JSON and one PNG.
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
-
-import jax
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine, markdown_table  # noqa: E402
 
-from odediff import data, parallel  # noqa: E402
+from odediff import data  # noqa: E402
 from odediff.evaluation import _all_images, default_cache_dir, evaluate_samples, feature_space  # noqa: E402
-from odediff.generation import restore_run  # noqa: E402
-from odediff.models import build_denoiser  # noqa: E402
-from odediff.samplers import sample  # noqa: E402
-from odediff.schedule import make_schedule  # noqa: E402
+from odediff.generation import generate, restore_run  # noqa: E402
 
 
 def points(nfes: list[int]) -> list[tuple[str, int, dict]]:
@@ -38,26 +31,11 @@ def points(nfes: list[int]) -> list[tuple[str, int, dict]]:
 
 def run_sweep(workdir: str, nfes: list[int], num: int, batch: int, cache_dir: Path) -> list[dict]:
     config, params, step = restore_run(workdir)
-    model = build_denoiser(config.model)
-    schedule = make_schedule(config.diffusion.beta_schedule, config.diffusion.num_timesteps)
     space = feature_space(config.data, cache_dir)
     real, _ = _all_images(data.load_source(config.data, "test"), num, seed=1)
-    shape = (batch, config.data.image_size, config.data.image_size, config.data.channels)
-    apply = lambda p, x, t: model.apply({"params": p}, x, t)
     rows = []
     for name, steps, options in points(nfes):
-        fn = jax.jit(lambda p, k, name=name, steps=steps, options=options: sample(
-            name, apply, p, k, shape, schedule, steps, prediction=config.diffusion.prediction, **options))
-        key = jax.random.key(0)
-        compiled = fn.lower(params, key).compile()
-        chunks, seconds, nfe = [], 0.0, 0
-        for i in range(-(-num // batch)):
-            t0 = time.perf_counter()
-            images, n = jax.block_until_ready(compiled(params, jax.random.fold_in(key, i)))
-            seconds += time.perf_counter() - t0
-            chunks.append(data.to_uint8(parallel.to_host(images)))
-            nfe = int(parallel.to_host(n))
-        samples = np.concatenate(chunks)[:num]
+        samples, seconds, nfe = generate(config, params, num, sampler=name, num_steps=steps, batch=batch, **options)
         fd = evaluate_samples(samples, real, space)["fd"]
         rows.append({"model": config.model.name, "workdir": workdir, "step": step, "sampler": name,
                      "steps": steps, "nfe": nfe, "fd": fd, "seconds_per_image": seconds / num})

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine, markdown_table, write_json  # noqa: E402
@@ -107,7 +106,7 @@ def main() -> None:
         c.model.name = name
         configs[name] = c
 
-    models, params, rows, rec = {}, {}, {}, {}
+    models, params, rec = {}, {}, {}
     for name, c in configs.items():
         m = build_denoiser(c.model)
         x1, t1 = inputs(c, 1)

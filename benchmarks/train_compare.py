@@ -33,7 +33,8 @@ from common import machine, markdown_table, write_json  # noqa: E402
 
 from odediff import data as data_lib  # noqa: E402
 from odediff.config import load_config_file  # noqa: E402
-from odediff.evaluation import evaluate_samples, feature_space, generate_in_chunks  # noqa: E402
+from odediff.evaluation import evaluate_samples, feature_space  # noqa: E402
+from odediff.generation import generate  # noqa: E402
 from odediff.models import build_denoiser  # noqa: E402
 from odediff.schedule import make_schedule  # noqa: E402
 from odediff.training import create_train_state, make_optimizer, train_step  # noqa: E402
@@ -147,8 +148,8 @@ def main() -> None:
         line = [f"step {step}"]
         for n, r in runs.items():
             te = time.perf_counter()
-            samples, _, _ = generate_in_chunks(r["config"], r["state"].ema_params, a.num_eval_samples,
-                                               seed=a.seed, batch=min(a.num_eval_samples, 250))
+            samples, _, _ = generate(r["config"], r["state"].ema_params, a.num_eval_samples,
+                                     seed=a.seed, batch=min(a.num_eval_samples, 250))
             ev = evaluate_samples(samples, real, space, kid_subsets=20)
             r["evals"].append({"step": step, "fd": ev["fd"], "kid_mean": ev["kid_mean"], "precision": ev["precision"],
                                "recall": ev["recall"], "class_histogram_tv": ev.get("class_histogram_tv"),

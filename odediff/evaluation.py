@@ -213,41 +213,6 @@ def format_metrics(result: dict) -> str:
 # ----------------------------------------------------------------------------- runs
 
 
-def generate_in_chunks(
-    config: ml_collections.ConfigDict,
-    params,
-    num: int,
-    *,
-    sampler: str | None = None,
-    num_steps: int | None = None,
-    seed: int = 0,
-    batch: int = 250,
-) -> tuple[np.ndarray, float, int]:
-    """uint8 samples made `batch` at a time with one compiled sampler; (images,
-    seconds excluding compilation, NFE per sample). Chunk i uses key fold_in(seed, i)."""
-    from odediff import parallel
-    from odediff.models import build_denoiser
-    from odediff.schedule import make_schedule
-    from odediff.training import make_sample_fn
-
-    if num <= 0 or batch <= 0:
-        raise ConfigError(f"--num and --batch must be positive, got {num}, {batch}")
-    batch = min(batch, num)
-    model = build_denoiser(config.model)
-    schedule = make_schedule(config.diffusion.beta_schedule, config.diffusion.num_timesteps)
-    fn = make_sample_fn(model, schedule, config, batch, sampler, num_steps)
-    base = jax.random.key(seed)
-    compiled = fn.lower(params, base).compile()
-    out, seconds, nfe = [], 0.0, 0
-    for i in range(-(-num // batch)):
-        t0 = time.perf_counter()
-        images, n = jax.block_until_ready(compiled(params, jax.random.fold_in(base, i)))
-        seconds += time.perf_counter() - t0
-        out.append(data_lib.to_uint8(parallel.to_host(images)))
-        nfe = max(nfe, int(parallel.to_host(n)))
-    return np.concatenate(out)[:num], seconds, nfe
-
-
 def evaluate_run(
     workdir: str | Path,
     *,
@@ -264,7 +229,7 @@ def evaluate_run(
 ) -> tuple[dict, Path]:
     """Generates `num` samples of a run's EMA params, compares them with the held-out
     ("test") split and writes <workdir>/eval_<step>_<sampler><steps>.json."""
-    from odediff.generation import restore_run
+    from odediff.generation import generate, restore_run
 
     if num < 2:
         raise ConfigError(f"--num must be at least 2, got {num}")
@@ -280,7 +245,7 @@ def evaluate_run(
     real, _ = _all_images(test, num_real or num, seed=1)
     train = data_lib.load_source(config.data, "train")
     reference, _ = _all_images(train, len(real), seed=2)
-    samples, seconds, nfe = generate_in_chunks(config, params, num, sampler=sampler, num_steps=steps,
+    samples, seconds, nfe = generate(config, params, num, sampler=sampler, num_steps=steps,
                                                seed=seed, batch=batch)
     result = evaluate_samples(samples, real, space, reference=reference)
     result.update({

@@ -124,16 +124,18 @@ def train_step(
 
 
 def make_sample_fn(model, schedule: Schedule, config, num: int, sampler: str | None = None,
-                   num_steps: int | None = None):
-    """A jitted `(params, key) -> (images in [-1, 1], nfe)` for the chosen sampler;
-    num_steps 0 means the adaptive probability-flow ODE (sampler "ode")."""
+                   num_steps: int | None = None, **options):
+    """A jitted `(params, key) -> (images in [-1, 1], nfe)` for the chosen sampler (extra
+    `options` go to it, e.g. solver="heun" for "ode"); num_steps 0 means the adaptive
+    probability-flow ODE (sampler "ode")."""
     name = sampler or config.sampling.sampler
     if name not in SAMPLERS:
         raise ConfigError(f"unknown sampler {name!r}: use one of {sorted(SAMPLERS)}")
     steps = config.sampling.num_steps if num_steps is None else num_steps
     if steps == 0 and name != "ode":
         raise ConfigError(f"0 steps (adaptive) is only for the 'ode' sampler, not {name!r}")
-    options = {"eta": config.sampling.eta} if name == "ddim" else {}
+    if name == "ddim":
+        options = {"eta": config.sampling.eta, **options}
 
     def apply(p, x, t):
         return model.apply({"params": p}, x, t)
