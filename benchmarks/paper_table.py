@@ -15,11 +15,16 @@ analysis of the compiled step: arguments + outputs + temporaries - aliased; plus
 device's peak_bytes_in_use where it reports one). Then one row per fixed-step cU-Net
 solver setting (euler, heun, midpoint, rk4 with 1 and 2 steps): FLOPs, FLOPs per
 stage-evaluation, ratio to the U-Net, forward latency.
+--cpu_devices (default: one per core): on a CPU the batch is split over that many XLA
+CPU devices, as training splits it over accelerators. XLA:CPU runs a convolution
+with fewer than ~128 channels on one thread, so a single CPU device leaves cores idle
+on the cU-Net's narrow full-resolution blocks; both denoisers get the same devices.
 --quick: batch 2, 2 repeats, solvers euler and rk4 only, no training step and no full
 DDIM runs (smoke test; add --image_size 16 on a CPU).
 """
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -33,6 +38,7 @@ from common import machine, markdown_table, write_json  # noqa: E402
 
 from odediff.config import load_config_file  # noqa: E402
 from odediff.models import build_denoiser  # noqa: E402
+from odediff.parallel import batch_sharded, make_mesh, replicated  # noqa: E402
 from odediff.samplers import ddim_sample  # noqa: E402
 from odediff.schedule import make_schedule  # noqa: E402
 from odediff.training import create_train_state, make_optimizer, train_step  # noqa: E402
@@ -61,9 +67,12 @@ def forward(model):
 
 
 def inputs(config, batch):
+    """A batch split over the devices where it divides evenly (batch 1 runs replicated)."""
     s = config.data.image_size
     x = jax.random.normal(jax.random.key(1), (batch, s, s, config.data.channels), jnp.float32)
     t = jnp.full((batch,), 500, jnp.int32)
+    if batch > 1 and batch % jax.device_count() == 0:
+        x, t = jax.device_put((x, t), batch_sharded(make_mesh()))
     return x, t
 
 
@@ -89,9 +98,13 @@ def main() -> None:
     ap.add_argument("--sample_steps", default="50,256")
     ap.add_argument("--solvers", default="euler,heun,midpoint,rk4")
     ap.add_argument("--ode_steps", default="1,2")
+    ap.add_argument("--cpu_devices", type=int, default=len(os.sched_getaffinity(0)),
+                    help="XLA CPU devices to split the batch over (no effect on accelerators)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default="benchmarks/results/paper_table.json")
     a = ap.parse_args()
+    jax.config.update("jax_num_cpu_devices", a.cpu_devices)
+    params_sharding = replicated(make_mesh())
     if a.quick:
         a.batch, a.repeats = min(a.batch, 2), min(a.repeats, 2)
         if a.solvers == ap.get_default("solvers"):
@@ -110,7 +123,7 @@ def main() -> None:
     for name, c in configs.items():
         m = build_denoiser(c.model)
         x1, t1 = inputs(c, 1)
-        p = jax.jit(m.init)(jax.random.key(0), x1, t1)["params"]
+        p = jax.device_put(jax.jit(m.init)(jax.random.key(0), x1, t1)["params"], params_sharding)
         models[name], params[name] = m, p
         tc = time.perf_counter()
         fwd1 = forward(m).lower(p, x1, t1).compile()
@@ -157,7 +170,7 @@ def main() -> None:
             c.training.batch_size = a.batch
             m, tx = models[name], make_optimizer(c.training)
             sched = make_schedule(c.diffusion.beta_schedule, c.diffusion.num_timesteps)
-            state = create_train_state(m, tx, c, jax.random.key(0))
+            state = jax.device_put(create_train_state(m, tx, c, jax.random.key(0)), params_sharding)
             xb, _ = inputs(c, a.batch)
             tc = time.perf_counter()
             comp = jax.jit(lambda s, b, m=m, tx=tx, sched=sched, c=c: train_step(m, tx, sched, c, s, b)).lower(state, xb).compile()
@@ -191,7 +204,8 @@ def main() -> None:
             ratios[k] = cu[k] / un[k]
             table.append([label, fmt(cu[k]), fmt(un[k]), f"{ratios[k]:.3f}"])
     c_cu, c_un = configs["cunet"].model.cunet, configs["unet"].model.unet
-    print(f"\n{Path(a.config).name} at {base.data.image_size}x{base.data.image_size}x{base.data.channels} on {machine()}")
+    print(f"\n{Path(a.config).name} at {base.data.image_size}x{base.data.image_size}x{base.data.channels} on {machine()}, "
+          f"batch split over {jax.device_count()} devices")
     print(f"cU-Net nf {c_cu.nf} x {tuple(c_cu.ch_mult)}, {c_cu.solver} x{c_cu.ode_steps}; "
           f"U-Net ch {c_un.ch} x {tuple(c_un.ch_mult)}, {c_un.num_res_blocks} res blocks")
     print(markdown_table(["", "cU-Net", "DDPM U-Net", "cU-Net / U-Net"], table))
@@ -225,7 +239,7 @@ def main() -> None:
                           f"forward batch {a.batch} (ms)"], solver_rows))
     print("Reference (notes, PyTorch counter, 2 x MAC): DDPM U-Net 48.4 GFLOP, authors' cU-Net 5.65 GFLOP (ratio 0.12)")
     write_json(a.out, {"config": str(a.config), "image_size": base.data.image_size, "batch": a.batch,
-                       "repeats": a.repeats, "quick": a.quick, "models": rec, "ratios": ratios,
+                       "repeats": a.repeats, "quick": a.quick, "devices": jax.device_count(), "models": rec, "ratios": ratios,
                        "solvers": solver_rec, "flop_convention": "XLA cost_analysis flops (2 per multiply-add)"})
     print(f"-> {a.out}")
 

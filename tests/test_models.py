@@ -7,6 +7,7 @@ import pytest
 
 from odediff.config import default_config, load_config_file
 from odediff.models import build_denoiser
+from odediff.models.layers import GroupNorm, softplus
 from odediff.training import init_params
 
 
@@ -135,3 +136,28 @@ def test_unknown_denoiser_is_a_clear_error():
     c.model.name = "transformer"
     with pytest.raises(ValueError, match="unknown model.name 'transformer'"):
         build_denoiser(c.model)
+
+
+def test_softplus_matches_float64_reference_and_its_derivative_is_the_sigmoid():
+    x = np.linspace(-80.0, 80.0, 200_001, dtype=np.float32)
+    ref = np.logaddexp(x.astype(np.float64), 0.0)
+    out = np.asarray(softplus(jnp.asarray(x)), np.float64)
+    # Within float32 rounding of the value itself (and absolutely where it underflows).
+    assert np.all(np.abs(out - ref) <= 2.5e-7 * np.maximum(ref, 1.0) + 1e-30), np.max(np.abs(out - ref))
+    grad = np.asarray(jax.vmap(jax.grad(softplus))(jnp.asarray(x[::97])), np.float64)
+    sig = 1.0 / (1.0 + np.exp(-x[::97].astype(np.float64)))
+    np.testing.assert_allclose(grad, sig, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("groups", [1, 8, 32])
+def test_group_norm_matches_flax(groups):
+    import flax.linen as nn
+
+    x = 2.0 * jax.random.normal(jax.random.key(0), (3, 8, 8, 32)) + 1.5
+    params = {"params": {"scale": jax.random.normal(jax.random.key(1), (32,)), "bias": jnp.arange(32.0)}}
+    ours = GroupNorm(num_groups=groups).apply(params, x)
+    theirs = nn.GroupNorm(num_groups=groups).apply(params, x)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    assert jax.tree.map(jnp.shape, GroupNorm(groups).init(jax.random.key(0), x)) == jax.tree.map(
+        jnp.shape, nn.GroupNorm(num_groups=groups).init(jax.random.key(0), x)
+    )

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from odediff.models.layers import SelfAttention, TimeMLP, make_norm
+from odediff.models.layers import SelfAttention, TimeMLP, make_norm, softplus
 from odediff.models.ode import ODEBlock
 
 
@@ -54,13 +54,13 @@ class CUNet(nn.Module):
     def __call__(self, x: jax.Array, t: jax.Array, train: bool = False) -> jax.Array:
         del train  # no dropout or batch statistics: the fields must stay pure
         temb = TimeMLP(self.time_embed_dim, 4 * self.time_embed_dim, self.time_embed_dim, "softplus")(t)
-        temb = nn.softplus(temb)
+        temb = softplus(temb)
         # The release normalises x_t itself first; that erases each image's mean and scale,
         # which a denoiser needs (samples came out with grey backgrounds), so the stem
         # starts with the conv.
-        h = nn.softplus(nn.Conv(self.nf, (3, 3))(x))
+        h = softplus(nn.Conv(self.nf, (3, 3))(x))
         widths = [self.nf * m for m in self.ch_mult]
-        h = nn.softplus(nn.Conv(widths[0], (1, 1))(make_norm(self.norm, self.nf)(h)))
+        h = softplus(nn.Conv(widths[0], (1, 1))(make_norm(self.norm, self.nf)(h)))
 
         skips = []
         for width, next_width in zip(widths, widths[1:] + [2 * widths[-1]]):

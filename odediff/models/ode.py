@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from odediff.models.layers import make_norm
+from odediff.models.layers import make_norm, softplus
 
 _RK4_TABLEAU = diffrax.ButcherTableau(
     c=np.array([0.5, 0.5, 1.0]),
@@ -130,10 +130,10 @@ class VectorField(nn.Module):
     @nn.compact
     def __call__(self, y: jax.Array, scale: jax.Array, shift: jax.Array) -> jax.Array:
         h = make_norm(self.norm, self.channels)(y)
-        h = nn.softplus(nn.Conv(self.channels, (3, 3))(h))
+        h = softplus(nn.Conv(self.channels, (3, 3))(h))
         h = make_norm(self.norm, self.channels)(h)
         h = h * (1.0 + scale) + shift
-        h = nn.softplus(nn.Conv(self.channels, (3, 3))(h))
+        h = softplus(nn.Conv(self.channels, (3, 3))(h))
         return h + y
 
 

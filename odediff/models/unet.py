@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from odediff.models.layers import SelfAttention, TimeMLP
+from odediff.models.layers import GroupNorm, SelfAttention, TimeMLP
 
 _zeros = nn.initializers.zeros  # Ho et al. zero-initialise each residual branch's last conv
 
@@ -17,9 +17,9 @@ class ResBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, temb: jax.Array, train: bool) -> jax.Array:
-        h = nn.Conv(self.out_ch, (3, 3))(nn.swish(nn.GroupNorm(num_groups=32)(x)))
+        h = nn.Conv(self.out_ch, (3, 3))(nn.swish(GroupNorm(num_groups=32)(x)))
         h = h + nn.Dense(self.out_ch)(nn.swish(temb))[:, None, None, :]
-        h = nn.swish(nn.GroupNorm(num_groups=32)(h))
+        h = nn.swish(GroupNorm(num_groups=32)(h))
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
         h = nn.Conv(self.out_ch, (3, 3), kernel_init=_zeros)(h)
         if x.shape[-1] != self.out_ch:
@@ -67,5 +67,5 @@ class UNet(nn.Module):
                 b, hh, ww, c = h.shape
                 h = jax.image.resize(h, (b, 2 * hh, 2 * ww, c), "nearest")
                 h = nn.Conv(c, (3, 3))(h)
-        h = nn.swish(nn.GroupNorm(num_groups=32)(h))
+        h = nn.swish(GroupNorm(num_groups=32)(h))
         return nn.Conv(self.out_channels or x.shape[-1], (3, 3), kernel_init=_zeros)(h)
