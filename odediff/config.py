@@ -30,6 +30,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.cunet.attn_resolutions = ()
     c.model.cunet.time_embed_dim = 64
     c.model.cunet.norm = "group"  # group | instance
+    c.model.cunet.field = "residual"  # residual | release (the authors' field: + y, final softplus)
     c.model.cunet.num_heads = 4
     c.model.cunet.head_dim = 32
     c.model.cunet.solver = "euler"  # euler | heun | midpoint | rk4 | tsit5 | dopri5
@@ -89,6 +90,7 @@ RESUMABLE_KEYS = (
 )
 _CHOICES = {
     "model.name": ("cunet", "unet"),
+    "model.cunet.field": ("residual", "release"),
     "diffusion.beta_schedule": ("linear", "cosine", "sigmoid"),
     "diffusion.prediction": ("eps", "v", "x0"),
     "training.nonfinite": ("stop", "skip"),

@@ -1,9 +1,10 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import flax.linen as nn
 import pytest
 
-from odediff.models.ode import MODES, SOLVERS, solve
+from odediff.models.ode import FIELDS, MODES, SOLVERS, ODEBlock, VectorField, solve
 
 FIXED = ["euler", "heun", "midpoint", "rk4", "tsit5", "dopri5"]
 
@@ -77,3 +78,47 @@ def test_bad_settings_are_clear_errors():
     with pytest.raises(ValueError, match="adaptive solves"):
         solve(_decay, jnp.ones(1), 1.0, solver="tsit5", num_steps=0, mode="unrolled")
     assert set(FIXED) == set(SOLVERS)
+
+
+def _hand_written_field(kind, p, y, scale, shift):
+    """The two fields written out with flax's GroupNorm and jax.nn.softplus (8 channels: 2 groups)."""
+    gn = lambda q, h: nn.GroupNorm(num_groups=2).apply({"params": q}, h)
+    conv = lambda q, h: jax.lax.conv_general_dilated(
+        h, q["kernel"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) + q["bias"][None, None, None, :]
+    if kind == "release":
+        h = jax.nn.softplus(conv(p["Conv_0"], gn(p["GroupNorm_0"], y)))
+        h = gn(p["GroupNorm_1"], h) * (1.0 + scale) + shift
+        return jax.nn.softplus(conv(p["Conv_1"], h)) + y
+    h = conv(p["Conv_0"], jax.nn.softplus(gn(p["GroupNorm_0"], y)))
+    h = gn(p["GroupNorm_1"], h) * (1.0 + scale) + shift
+    return conv(p["Conv_1"], jax.nn.softplus(h))
+
+
+@pytest.mark.parametrize("kind", FIELDS)
+def test_vector_fields_match_their_written_out_form(kind):
+    y = jax.random.normal(jax.random.key(0), (2, 5, 5, 8))
+    scale, shift = (0.5 * jax.random.normal(k, (2, 1, 1, 8)) for k in jax.random.split(jax.random.key(1)))
+    field = VectorField(8, "group", kind)
+    params = field.init(jax.random.key(2), y, scale, shift)["params"]
+    params = jax.tree.map(lambda a: a + 0.2 * jax.random.normal(jax.random.key(3), a.shape), params)
+    np.testing.assert_allclose(field.apply({"params": params}, y, scale, shift),
+                               _hand_written_field(kind, params, y, scale, shift), rtol=1e-4, atol=1e-5)
+
+
+def test_residual_ode_block_starts_as_the_identity_and_the_release_block_does_not():
+    y = jax.random.normal(jax.random.key(0), (2, 6, 6, 8))
+    temb = jax.random.normal(jax.random.key(1), (2, 16))
+    out = {}
+    for kind in FIELDS:
+        block = ODEBlock(8, field=kind, solver="rk4")
+        params = block.init(jax.random.key(2), y, temb)
+        out[kind] = block.apply(params, y, temb)
+    np.testing.assert_array_equal(out["residual"], y)
+    # dy/ds = softplus(..) + y: y(1) is about e y + (e - 1) softplus(..)
+    assert float(jnp.mean(jnp.abs(out["release"]))) > 2.0 * float(jnp.mean(jnp.abs(y)))
+
+
+def test_unknown_field_is_a_clear_error():
+    y = jnp.zeros((1, 4, 4, 8))
+    with pytest.raises(ValueError, match="unknown ODE field 'second_order'"):
+        VectorField(8, "group", "second_order").init(jax.random.key(0), y, y[..., :1, :1, :], y[..., :1, :1, :])

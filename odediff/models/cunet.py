@@ -28,6 +28,7 @@ class CUNet(nn.Module):
     attn_resolutions: Sequence[int] = (8,)
     time_embed_dim: int = 64
     norm: str = "group"
+    field: str = "residual"
     num_heads: int = 4
     head_dim: int = 32
     solver: str = "rk4"
@@ -41,7 +42,7 @@ class CUNet(nn.Module):
 
     def _block(self, channels: int) -> ODEBlock:
         return ODEBlock(
-            channels, self.norm, self.solver, self.ode_steps, self.ode_mode,
+            channels, self.norm, self.field, self.solver, self.ode_steps, self.ode_mode,
             self.rtol, self.atol, self.adjoint, self.max_ode_steps,
         )
 

@@ -121,20 +121,39 @@ def _unrolled_erk(tableau: diffrax.ButcherTableau, field, y0, args, num_steps: i
     return y
 
 
+FIELDS = ("residual", "release")
+
+
 class VectorField(nn.Module):
-    """norm -> 3x3 conv -> act -> norm -> FiLM(scale, shift) -> 3x3 conv -> act, + y."""
+    """The field of one ODE block, FiLM-conditioned on the diffusion step.
+
+    "release" (the authors' code): norm -> 3x3 conv -> act -> norm -> FiLM -> 3x3 conv
+    -> act, + y. Its + y and final softplus (>= 0) make every block grow its state
+    about e-fold; activations and gradients blow up with depth.
+    "residual" (default): norm -> act -> 3x3 conv -> norm -> FiLM -> act -> 3x3 conv,
+    the last conv zero-initialised: the DDPM residual branch as a field, so each
+    block starts as the identity and y(1) = y + integral of the field. Same
+    parameters.
+    """
 
     channels: int
     norm: str = "group"
+    kind: str = "residual"
 
     @nn.compact
     def __call__(self, y: jax.Array, scale: jax.Array, shift: jax.Array) -> jax.Array:
-        h = make_norm(self.norm, self.channels)(y)
-        h = softplus(nn.Conv(self.channels, (3, 3))(h))
-        h = make_norm(self.norm, self.channels)(h)
-        h = h * (1.0 + scale) + shift
-        h = softplus(nn.Conv(self.channels, (3, 3))(h))
-        return h + y
+        if self.kind == "release":
+            h = make_norm(self.norm, self.channels)(y)
+            h = softplus(nn.Conv(self.channels, (3, 3))(h))
+            h = make_norm(self.norm, self.channels)(h)
+            h = h * (1.0 + scale) + shift
+            h = softplus(nn.Conv(self.channels, (3, 3))(h))
+            return h + y
+        if self.kind != "residual":
+            raise ValueError(f"unknown ODE field {self.kind!r}: use one of {FIELDS}")
+        h = nn.Conv(self.channels, (3, 3))(softplus(make_norm(self.norm, self.channels)(y)))
+        h = make_norm(self.norm, self.channels)(h) * (1.0 + scale) + shift
+        return nn.Conv(self.channels, (3, 3), kernel_init=nn.initializers.zeros)(softplus(h))
 
 
 class ODEBlock(nn.Module):
@@ -147,6 +166,7 @@ class ODEBlock(nn.Module):
 
     channels: int
     norm: str = "group"
+    field: str = "residual"
     solver: str = "rk4"
     num_steps: int = 1
     mode: str = "unrolled"
@@ -159,7 +179,7 @@ class ODEBlock(nn.Module):
     def __call__(self, y: jax.Array, temb: jax.Array) -> jax.Array:
         film = nn.Dense(2 * self.channels, name="time_proj")(temb)
         scale, shift = jnp.split(film[:, None, None, :], 2, axis=-1)
-        field = VectorField(self.channels, self.norm)
+        field = VectorField(self.channels, self.norm, self.field)
         params = self.param("field", lambda k: field.init(k, y, scale, shift)["params"])
 
         def f(state, args):
