@@ -31,7 +31,7 @@ MNIST_DIR="${MNIST_DIR:-$( [ -d .cache/mnist ] && echo .cache/mnist || echo ../s
 start=$(date +%s)
 # paper table: full (DDIM 50/256 at batch 1, training step at batch 16), about 3-4 minutes
 timeout 290 "$PY" benchmarks/paper_table.py --batch 16 --repeats 10 \
-  --out "$OUTDIR/paper_table.json" 2>&1 | tee "$OUTDIR/paper_table.log"
+  --out "$OUTDIR/paper_table.json" 2>&1 | tee -a "$OUTDIR/log.txt"
 echo "paper_table: exit ${PIPESTATUS[0]} after $(( $(date +%s) - start )) s"
 
 # equal-budget training on MNIST at configs/mnist.py widths, about 3 minutes
@@ -39,7 +39,8 @@ left=$(( 470 - ($(date +%s) - start) ))
 [ "$left" -lt 60 ] && left=60
 timeout "$left" "$PY" benchmarks/train_compare.py --data "$MNIST_DIR" --steps 1500 --batch 128 \
   --eval_every 500 --num_eval_samples 1000 --eval_steps 50 --cunet_nf 16 --unet_ch 64 \
-  --out "$OUTDIR" --cache_dir "${TMPDIR:-/tmp}/odediff_cache" 2>&1 | tee "$OUTDIR/train_compare.log"
+  --cheap_solvers euler:1 --runs_dir "${TMPDIR:-/tmp}/odediff_runs" \
+  --out "$OUTDIR" --cache_dir "${TMPDIR:-/tmp}/odediff_cache" 2>&1 | tee -a "$OUTDIR/log.txt"
 echo "train_compare: exit ${PIPESTATUS[0]} after $(( $(date +%s) - start )) s"
-# 8 files in $OUTDIR (the device tool returns at most 8): device.txt, paper_table.{json,log},
-# train_compare.{json,png,log}, samples_{cunet,unet}.png
+# 8 files in $OUTDIR (the device tool returns at most 8): device.txt, log.txt, paper_table.json,
+# train_compare.{json,png}, samples_{cunet,cunet_euler1,unet}.png

@@ -1,7 +1,8 @@
 """Training speed with an equal budget: the continuous U-Net against the DDPM U-Net on real MNIST.
 
 python benchmarks/train_compare.py [--steps 1000 --batch 32 --eval_every 250 --num_eval_samples 250]
-                                   [--cunet_solver rk4 --cunet_ode_steps 1] [--quick] [--out DIR]
+                                   [--cunet_solver rk4 --cunet_ode_steps 1] [--cheap_solvers euler:1]
+                                   [--runs_dir runs/train_compare] [--quick] [--out DIR]
 
 Both denoisers train in this one process, alternating every --eval_every steps, on
 the same batches (same seed), optimizer, schedule and learning rate: configs/mnist.py
@@ -12,6 +13,11 @@ features of a small classifier trained on the train split ("FD (classifier
 features)", not Inception FID). Writes <out>/train_compare.json and
 <out>/train_compare.png (smoothed loss and FD against step for both), and reports
 how many steps the cU-Net needs to reach the U-Net's final (smoothed) loss.
+--cheap_solvers adds cU-Net runs with cheaper fixed-step solvers (solver:steps, e.g.
+euler:1,heun:1), trained the same way, to show which keeps FD no worse than the U-Net's.
+Each final state is saved as a run (config + orbax checkpoint) in <runs_dir>/<label>,
+which sample.py, evaluate.py, nfe_sweep.py and denoise.py read; existing runs there
+are never overwritten.
 
 Sizes: CPU-friendly by default, sized for about 45 minutes on 2 CPU cores: cU-Net
 nf 8 (ch_mult 2,4,8, RK4 x1, 0.66 M parameters), U-Net ch 32 (ch_mult 1,2,2, 2 res
@@ -32,7 +38,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import machine, markdown_table, write_json  # noqa: E402
 
 from odediff import data as data_lib  # noqa: E402
-from odediff.config import load_config_file  # noqa: E402
+from odediff.checkpoint import Checkpointer  # noqa: E402
+from odediff.config import config_to_json, load_config_file  # noqa: E402
 from odediff.evaluation import evaluate_samples, feature_space  # noqa: E402
 from odediff.generation import generate  # noqa: E402
 from odediff.models import build_denoiser  # noqa: E402
@@ -50,14 +57,14 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
     return (c[i] - c[lo]) / (i - lo)
 
 
-def make_config(a, name: str):
+def make_config(a, name: str, solver: str | None = None, ode_steps: int | None = None):
     c = load_config_file(REPO / "configs" / "mnist.py")
     c.data.source = f"idx:{Path(a.data).resolve()}"
     c.seed = a.seed
     c.model.name = name
     c.model.cunet.nf = a.cunet_nf
-    c.model.cunet.solver = a.cunet_solver
-    c.model.cunet.ode_steps = a.cunet_ode_steps
+    c.model.cunet.solver = solver or a.cunet_solver
+    c.model.cunet.ode_steps = ode_steps or a.cunet_ode_steps
     c.model.unet.ch = a.unet_ch
     c.training.batch_size = a.batch
     c.training.num_steps = a.steps
@@ -86,6 +93,9 @@ def main() -> None:
     ap.add_argument("--cunet_nf", type=int, default=8)
     ap.add_argument("--unet_ch", type=int, default=32)
     ap.add_argument("--models", default="cunet,unet")
+    ap.add_argument("--cheap_solvers", default="euler:1",
+                    help="extra cU-Net runs, solver:steps comma-separated ('' for none)")
+    ap.add_argument("--runs_dir", default="runs/train_compare", help="where each final state is saved as a run")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache_dir", default=str(Path("~/.cache/odediff").expanduser()))
     ap.add_argument("--quick", action="store_true", help="a smoke test: minutes on 2 CPU cores")
@@ -98,12 +108,19 @@ def main() -> None:
     if not any(Path(a.data).glob("*images-idx3-ubyte*")):
         print(f"train_compare.py: skipped: no MNIST IDX files in {a.data} (pass --data <dir>)")
         return
-    names = a.models.split(",")
+    configs = {n: make_config(a, n) for n in a.models.split(",")}
+    if "cunet" in configs:
+        for setting in filter(None, a.cheap_solvers.split(",")):
+            solver, _, n = setting.partition(":")
+            configs[f"cunet_{solver}{n or 1}"] = make_config(a, "cunet", solver, int(n or 1))
+    run_dirs = {n: Path(a.runs_dir) / n for n in configs}
+    taken = [str(d) for d in run_dirs.values() if (d / "checkpoints").exists()]
+    if taken:
+        sys.exit(f"train_compare.py: {', '.join(taken)} already hold runs: pass another --runs_dir "
+                 f"or move them away (nothing is overwritten)")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-
-    configs = {n: make_config(a, n) for n in names}
-    data_config = configs[names[0]].data
+    data_config = next(iter(configs.values())).data
     source = data_lib.load_source(data_config, "train")
     held_out = data_lib.load_source(data_config, "test")
     real = held_out[np.arange(len(held_out))]
@@ -161,6 +178,10 @@ def main() -> None:
                 images.save_grid(samples[:64], out / f"samples_{n}.png", scale=2)
         print(" | ".join(line), flush=True)
 
+    for n, r in runs.items():
+        save_run(run_dirs[n], r["config"], r["state"], a.steps)
+    print(f"runs saved: {', '.join(str(d) for d in run_dirs.values())}")
+
     window = max(10, a.steps // 20)
     summary = {}
     for n, r in runs.items():
@@ -180,6 +201,10 @@ def main() -> None:
         summary["cunet_seconds_to_unet_final_loss"] = (
             None if reach is None else reach * summary["cunet"]["seconds_per_step"])
         summary["cunet_first_eval_step_at_or_below_unet_final_fd"] = fd_hit[0] if fd_hit else None
+    if "unet" in runs:
+        for n in runs:
+            if n.startswith("cunet"):
+                summary[n]["final_fd_ratio_to_unet"] = summary[n]["final_fd"] / summary["unet"]["final_fd"]
 
     import matplotlib
 
@@ -188,7 +213,8 @@ def main() -> None:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
     for n, r in runs.items():
-        label = n if n == "unet" else f"{n} ({a.cunet_solver} x{a.cunet_ode_steps})"
+        cc = r["config"].model.cunet
+        label = n if n == "unet" else f"cunet ({cc.solver} x{cc.ode_steps})"
         ax1.plot(np.arange(1, a.steps + 1), r["smoothed"], label=f"{label}, {r['params'] / 1e6:.2f} M")
         ax2.plot([e["step"] for e in r["evals"]], [e["fd"] for e in r["evals"]], "o-", label=label)
     ax1.set(xlabel="step", ylabel=f"training loss (moving average, {window} steps)", yscale="log")
@@ -202,11 +228,13 @@ def main() -> None:
     plt.close(fig)
 
     rows = [[n, f"{s['params']:,}", f"{s['final_loss_smoothed']:.4f}", f"{s['final_fd']:.2f}", f"{s['best_fd']:.2f}",
+             f"{s['final_fd_ratio_to_unet']:.2f}" if "final_fd_ratio_to_unet" in s else "",
              f"{1e3 * s['seconds_per_step']:.0f}"] for n, s in summary.items() if isinstance(s, dict)]
     print(f"\nEqual budget: {a.steps} steps of batch {a.batch} on {machine()}; "
           f"FD (classifier features, test accuracy {space.info['classifier_test_accuracy']:.3f}) "
           f"of {a.num_eval_samples} DDIM-{a.eval_steps} samples vs {len(real)} held-out images")
-    print(markdown_table(["model", "params", f"final loss (avg {window})", "final FD", "best FD", "ms / step"], rows))
+    print(markdown_table(["model", "params", f"final loss (avg {window})", "final FD", "best FD", "FD / U-Net FD",
+                          "ms / step"], rows))
     if "cunet_steps_to_unet_final_loss" in summary:
         print(f"cU-Net steps to reach the U-Net's final smoothed loss "
               f"({summary['unet']['final_loss_smoothed']:.4f}): {reach if reach else 'not reached'}"
@@ -217,6 +245,16 @@ def main() -> None:
               "feature_space": space.info}
     write_json(out / "train_compare.json", record)
     print(f"-> {out / 'train_compare.json'}, {out / 'train_compare.png'}")
+
+
+def save_run(workdir: Path, config, state, step: int) -> None:
+    """A run directory as train.py writes one: config.json and an orbax checkpoint."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(config_to_json(config))
+    ckpt = Checkpointer(workdir, keep=1)
+    meta = {"step": step, "data_step": step, "seed": config.seed, "config": json.loads(config_to_json(config))}
+    ckpt.save(step, state, meta, force=True)
+    ckpt.close()
 
 
 if __name__ == "__main__":

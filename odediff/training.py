@@ -88,6 +88,14 @@ def create_train_state(model, tx: optax.GradientTransformation, config, key: jax
     )
 
 
+def ema_decay(decay: float, step: jax.Array) -> jax.Array:
+    """The EMA decay at a step, warmed up as min(decay, (1 + step) / (10 + step)): without
+    the warm-up a 0.999 EMA still weighs the random initialisation by 0.999^1000 = 0.37
+    after 1,000 steps."""
+    step = jnp.asarray(step, jnp.float32)
+    return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
 def train_step(
     model, tx: optax.GradientTransformation, schedule: Schedule, config, state: TrainState, batch: jax.Array
 ) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -107,7 +115,7 @@ def train_step(
     with jax.numpy_dtype_promotion("standard"):  # optax mixes int32 counts with floats
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    d = config.training.ema_decay
+    d = ema_decay(config.training.ema_decay, state.step)
     ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state.ema_params, params)
     stopped = (state.first_nonfinite >= 0) & (config.training.nonfinite == "stop")
     accept = finite & ~stopped

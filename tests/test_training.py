@@ -7,7 +7,7 @@ from helpers import tiny_config
 from odediff import data
 from odediff.models import build_denoiser
 from odediff.schedule import make_schedule
-from odediff.training import create_train_state, make_optimizer, train_step
+from odediff.training import create_train_state, ema_decay, make_optimizer, train_step
 
 
 def _setup(name="cunet"):
@@ -80,3 +80,13 @@ def test_training_reduces_the_loss():
         state, m = fn(state, data.get_batch(source, c.data, 32, c.seed, step))
         losses.append(float(m["loss"]))
     assert np.mean(losses[-10:]) < 0.6 * np.mean(losses[:10])
+
+
+def test_ema_is_warmed_up_then_follows_the_configured_decay():
+    assert float(ema_decay(0.999, 0)) == pytest.approx(0.1)
+    assert float(ema_decay(0.999, 90)) == pytest.approx(91 / 100)
+    assert float(ema_decay(0.999, 100_000)) == pytest.approx(0.999)
+    c, model, tx, schedule, state, batch = _setup()
+    after, _ = jax.jit(lambda s, b: train_step(model, tx, schedule, c, s, b))(state, batch)
+    for e, p0, p1 in zip(*(jax.tree.leaves(t) for t in (after.ema_params, state.params, after.params))):
+        np.testing.assert_allclose(e, 0.1 * p0 + 0.9 * p1, rtol=1e-5, atol=1e-7)
