@@ -37,9 +37,9 @@ def run_sweep(workdir: str, nfes: list[int], num: int, batch: int, cache_dir: Pa
     for name, steps, options in points(nfes):
         samples, seconds, nfe = generate(config, params, num, sampler=name, num_steps=steps, batch=batch, **options)
         fd = evaluate_samples(samples, real, space)["fd"]
-        rows.append({"model": config.model.name, "workdir": workdir, "step": step, "sampler": name,
+        rows.append({"run": Path(workdir).name, "model": config.model.name, "workdir": workdir, "step": step, "sampler": name,
                      "steps": steps, "nfe": nfe, "fd": fd, "seconds_per_image": seconds / num})
-        print(f"{config.model.name} {name} nfe={nfe}: FD {fd:.3f}, {seconds / num * 1e3:.1f} ms/image", flush=True)
+        print(f"{Path(workdir).name} ({config.model.name}) {name} nfe={nfe}: FD {fd:.3f}, {seconds / num * 1e3:.1f} ms/image", flush=True)
     return rows
 
 
@@ -58,12 +58,12 @@ def main() -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"\nFD (classifier features) against NFE, {a.num} samples each, on {machine()}")
-    print(markdown_table(["model", "sampler", "NFE", "FD", "ms / image"],
-                         [[r["model"], r["sampler"], r["nfe"], f"{r['fd']:.3f}", f"{r['seconds_per_image'] * 1e3:.1f}"] for r in rows]))
-    for model in sorted({r["model"] for r in rows}):
-        ref = next(r["fd"] for r in rows if r["model"] == model and r["sampler"] == "ancestral")
-        best50 = min(r["fd"] for r in rows if r["model"] == model and r["sampler"] != "ancestral" and r["nfe"] <= 51)
-        print(f"{model}: best FD at <= 50 NFE / 1000-step ancestral FD = {best50 / ref:.3f}")
+    print(markdown_table(["run", "model", "sampler", "NFE", "FD", "ms / image"],
+                         [[r["run"], r["model"], r["sampler"], r["nfe"], f"{r['fd']:.3f}", f"{r['seconds_per_image'] * 1e3:.1f}"] for r in rows]))
+    for run in dict.fromkeys(r["run"] for r in rows):
+        ref = next(r["fd"] for r in rows if r["run"] == run and r["sampler"] == "ancestral")
+        best50 = min(r["fd"] for r in rows if r["run"] == run and r["sampler"] != "ancestral" and r["nfe"] <= 51)
+        print(f"{run}: best FD at <= 50 NFE / 1000-step ancestral FD = {best50 / ref:.3f}")
     (out / "nfe_sweep.json").write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
     _plot(rows, out / "nfe_sweep.png")
 
@@ -75,14 +75,14 @@ def _plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    for model, style in (("cunet", "-"), ("unet", "--")):
+    for run, style in zip(dict.fromkeys(r["run"] for r in rows), ("-", "--", ":", "-.")):
         for sampler in ("ddim", "dpmpp2m", "ode"):
-            pts = sorted((r["nfe"], r["fd"]) for r in rows if r["model"] == model and r["sampler"] == sampler)
+            pts = sorted((r["nfe"], r["fd"]) for r in rows if r["run"] == run and r["sampler"] == sampler)
             if pts:
-                ax.plot(*zip(*pts), style, marker="o", label=f"{model} {sampler}")
-        ref = [r["fd"] for r in rows if r["model"] == model and r["sampler"] == "ancestral"]
+                ax.plot(*zip(*pts), style, marker="o", label=f"{run} {sampler}")
+        ref = [r["fd"] for r in rows if r["run"] == run and r["sampler"] == "ancestral"]
         if ref:
-            ax.axhline(ref[0], linestyle=style, color="grey", label=f"{model} ancestral 1000")
+            ax.axhline(ref[0], linestyle=style, color="grey", label=f"{run} ancestral 1000")
     ax.set_xscale("log")
     ax.set_xlabel("denoiser evaluations (NFE)")
     ax.set_ylabel("FD (classifier features)")

@@ -89,7 +89,7 @@ def _hand_written_field(kind, p, y, scale, shift):
         h = jax.nn.softplus(conv(p["Conv_0"], gn(p["GroupNorm_0"], y)))
         h = gn(p["GroupNorm_1"], h) * (1.0 + scale) + shift
         return jax.nn.softplus(conv(p["Conv_1"], h)) + y
-    h = conv(p["Conv_0"], jax.nn.softplus(gn(p["GroupNorm_0"], y)))
+    h = jax.nn.softplus(conv(p["Conv_0"], gn(p["GroupNorm_0"], y)))
     h = gn(p["GroupNorm_1"], h) * (1.0 + scale) + shift
     return conv(p["Conv_1"], jax.nn.softplus(h))
 

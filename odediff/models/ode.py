@@ -130,10 +130,11 @@ class VectorField(nn.Module):
     "release" (the authors' code): norm -> 3x3 conv -> act -> norm -> FiLM -> 3x3 conv
     -> act, + y. Its + y and final softplus (>= 0) make every block grow its state
     about e-fold; activations and gradients blow up with depth.
-    "residual" (default): norm -> act -> 3x3 conv -> norm -> FiLM -> act -> 3x3 conv,
-    the last conv zero-initialised: the DDPM residual branch as a field, so each
-    block starts as the identity and y(1) = y + integral of the field. Same
-    parameters.
+    "residual" (default): norm -> 3x3 conv -> act -> norm -> FiLM -> act -> 3x3 conv,
+    the last conv zero-initialised: the release's layers with the last activation
+    moved before the last conv and no + y, so each block starts as the identity and
+    y(1) = y + integral of the field. Same parameters. (The pre-activation order,
+    norm -> act -> conv first, trains alike but ran 1.3-1.5x slower on XLA:CPU.)
     """
 
     channels: int
@@ -151,7 +152,7 @@ class VectorField(nn.Module):
             return h + y
         if self.kind != "residual":
             raise ValueError(f"unknown ODE field {self.kind!r}: use one of {FIELDS}")
-        h = nn.Conv(self.channels, (3, 3))(softplus(make_norm(self.norm, self.channels)(y)))
+        h = softplus(nn.Conv(self.channels, (3, 3))(make_norm(self.norm, self.channels)(y)))
         h = make_norm(self.norm, self.channels)(h) * (1.0 + scale) + shift
         return nn.Conv(self.channels, (3, 3), kernel_init=nn.initializers.zeros)(softplus(h))
 
