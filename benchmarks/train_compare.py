@@ -116,8 +116,9 @@ def main() -> None:
     run_dirs = {n: Path(a.runs_dir) / n for n in configs}
     taken = [str(d) for d in run_dirs.values() if (d / "checkpoints").exists()]
     if taken:
-        sys.exit(f"train_compare.py: {', '.join(taken)} already hold runs: pass another --runs_dir "
-                 f"or move them away (nothing is overwritten)")
+        print(f"train_compare.py: {', '.join(taken)} already hold runs: pass another --runs_dir "
+              f"or move them away (nothing is overwritten)", file=sys.stderr)
+        sys.exit(2)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     data_config = next(iter(configs.values())).data
