@@ -9,7 +9,7 @@ import numpy as np
 
 from odediff import data, images, parallel
 from odediff.checkpoint import CheckpointError, Checkpointer, checkpoint_dir
-from odediff.config import ConfigError
+from odediff.config import ConfigError, saved_config
 from odediff.models import build_denoiser
 from odediff.schedule import make_schedule
 from odediff.training import abstract_train_state, make_optimizer, make_sample_fn
@@ -28,7 +28,7 @@ def restore_run(workdir: str | Path, step: int | None = None) -> tuple[ml_collec
         raise CheckpointError(f"there is no checkpoint at step {step} in {ckpt.directory}; steps there: {steps}")
     step = steps[-1] if step is None else step
     try:
-        config = ml_collections.ConfigDict(ckpt.read_meta(step)["config"])
+        config = saved_config(ckpt.read_meta(step)["config"])
         abstract = abstract_train_state(build_denoiser(config.model), make_optimizer(config.training), config,
                                         parallel.replicated(parallel.make_mesh()))
         state, _ = ckpt.restore(step, abstract)

@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import jax
@@ -5,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from odediff.config import default_config, load_config_file
+from odediff.config import config_to_json, default_config, load_config_file, saved_config
 from odediff.models import build_denoiser
 from odediff.models.layers import GroupNorm, softplus
 from odediff.training import init_params
@@ -161,3 +162,10 @@ def test_group_norm_matches_flax(groups):
     assert jax.tree.map(jnp.shape, GroupNorm(groups).init(jax.random.key(0), x)) == jax.tree.map(
         jnp.shape, nn.GroupNorm(num_groups=groups).init(jax.random.key(0), x)
     )
+
+
+def test_configs_saved_before_the_field_option_restore_the_release_field():
+    saved = json.loads(config_to_json(default_config()))
+    del saved["model"]["cunet"]["field"]
+    assert saved_config(saved).model.cunet.field == "release"
+    assert saved_config(json.loads(config_to_json(default_config()))).model.cunet.field == "residual"
