@@ -44,7 +44,7 @@ from odediff.evaluation import evaluate_samples, feature_space  # noqa: E402
 from odediff.generation import generate  # noqa: E402
 from odediff.models import build_denoiser  # noqa: E402
 from odediff.schedule import make_schedule  # noqa: E402
-from odediff.training import create_train_state, make_optimizer, train_step  # noqa: E402
+from odediff.training import checkpoint_meta, create_train_state, make_optimizer, train_step  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -253,8 +253,7 @@ def save_run(workdir: Path, config, state, step: int) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config_to_json(config))
     ckpt = Checkpointer(workdir, keep=1)
-    meta = {"step": step, "data_step": step, "seed": config.seed, "config": json.loads(config_to_json(config))}
-    ckpt.save(step, state, meta, force=True)
+    ckpt.save(step, state, checkpoint_meta(config, step), force=True)
     ckpt.close()
 
 

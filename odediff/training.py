@@ -207,6 +207,11 @@ def abstract_train_state(model, tx, config, sharding) -> TrainState:
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 
 
+def checkpoint_meta(config: ml_collections.ConfigDict, step: int) -> dict:
+    """The JSON record saved beside each checkpoint (restore_run reads the config from it)."""
+    return {"step": step, "data_step": step, "seed": config.seed, "config": json.loads(config_to_json(config))}
+
+
 def _check_workdir_config(workdir: Path, config, allow_config_change: bool) -> None:
     """Refuses to mix runs: a workdir's config.json must match unless overriding is asked for."""
     path = workdir / "config.json"
@@ -255,7 +260,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     )
     sample_fn = make_sample_fn(model, schedule, config, config.sampling.num_samples)
     writer = _Writer(workdir, is_main)
-    meta = lambda step: {"step": step, "data_step": step, "seed": config.seed, "config": json.loads(config_to_json(config))}
     pending, t_last, step_last = [], time.time(), start
 
     from tqdm import tqdm
@@ -287,7 +291,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
                 if is_main:
                     images.save_grid(data.to_uint8(grid), workdir / "samples" / f"step_{step:08d}.png", scale=2)
             if save_now:
-                ckpt.save(step, state, meta(step), force=True)
+                ckpt.save(step, state, checkpoint_meta(config, step), force=True)
             if stop.signum:
                 break
     if is_main:
