@@ -1,11 +1,12 @@
 """Sample quality against denoiser evaluations (NFE), for trained runs of both denoisers.
 
-python benchmarks/nfe_sweep.py --workdirs runs/mnist_cunet runs/mnist_unet [--num 1000]
+python benchmarks/nfe_sweep.py --workdirs runs/mnist_cunet runs/mnist_unet [--num 1000] [--append]
 
 For each run: DDIM, DPM-Solver++(2M) and the probability-flow ODE (Heun) at about
 10, 20, 50 and 100 NFE, and the 1000-step ancestral reference; FD in the dataset's
 classifier feature space against the held-out split, wall time per image. Prints a
-table, writes JSON and one PNG.
+table, writes JSON and one PNG. --append keeps the other runs already in <out>'s
+JSON (same --num), so runs can be swept one at a time.
 """
 
 import argparse
@@ -38,7 +39,7 @@ def run_sweep(workdir: str, nfes: list[int], num: int, batch: int, cache_dir: Pa
         samples, seconds, nfe = generate(config, params, num, sampler=name, num_steps=steps, batch=batch, **options)
         fd = evaluate_samples(samples, real, space)["fd"]
         rows.append({"run": Path(workdir).name, "model": config.model.name, "workdir": workdir, "step": step, "sampler": name,
-                     "steps": steps, "nfe": nfe, "fd": fd, "seconds_per_image": seconds / num})
+                     "steps": steps, "nfe": nfe, "num": num, "fd": fd, "seconds_per_image": seconds / num})
         print(f"{Path(workdir).name} ({config.model.name}) {name} nfe={nfe}: FD {fd:.3f}, {seconds / num * 1e3:.1f} ms/image", flush=True)
     return rows
 
@@ -51,11 +52,20 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=250)
     ap.add_argument("--cache_dir", default=None)
     ap.add_argument("--out", default="benchmarks/results/nfe_sweep")
+    ap.add_argument("--append", action="store_true", help="keep the other runs already in <out>/nfe_sweep.json")
     a = ap.parse_args()
-    cache = Path(a.cache_dir) if a.cache_dir else default_cache_dir(a.workdirs[0])
-    rows = [r for w in a.workdirs for r in run_sweep(w, a.nfe, a.num, min(a.batch, a.num), cache)]
-
     out = Path(a.out)
+    kept = []
+    if a.append and (out / "nfe_sweep.json").exists():
+        names = {Path(w).name for w in a.workdirs}
+        kept = [r for r in json.loads((out / "nfe_sweep.json").read_text())["rows"] if r["run"] not in names]
+        other = {r.get("num") for r in kept} - {a.num}
+        if other:
+            sys.exit(f"nfe_sweep.py: --append: {out / 'nfe_sweep.json'} holds rows with --num {other}, "
+                     f"not {a.num}; pass the same --num or another --out")
+    cache = Path(a.cache_dir) if a.cache_dir else default_cache_dir(a.workdirs[0])
+    rows = kept + [r for w in a.workdirs for r in run_sweep(w, a.nfe, a.num, min(a.batch, a.num), cache)]
+
     out.mkdir(parents=True, exist_ok=True)
     print(f"\nFD (classifier features) against NFE, {a.num} samples each, on {machine()}")
     print(markdown_table(["run", "model", "sampler", "NFE", "FD", "ms / image"],

@@ -5,6 +5,7 @@ continues exactly as if it had never stopped.
 """
 
 import contextlib
+import functools
 import json
 import logging
 import signal
@@ -132,10 +133,14 @@ def train_step(
 
 
 def make_sample_fn(model, schedule: Schedule, config, num: int, sampler: str | None = None,
-                   num_steps: int | None = None, **options):
+                   num_steps: int | None = None, mesh: jax.sharding.Mesh | None = None, **options):
     """A jitted `(params, key) -> (images in [-1, 1], nfe)` for the chosen sampler (extra
     `options` go to it, e.g. solver="heun" for "ode"); num_steps 0 means the adaptive
-    probability-flow ODE (sampler "ode")."""
+    probability-flow ODE (sampler "ode").
+
+    Where `num` splits evenly over the mesh's devices (default: all of them) each device
+    denoises its share of the batch; the images come back replicated. Params must be
+    replicated on the mesh or uncommitted."""
     name = sampler or config.sampling.sampler
     if name not in SAMPLERS:
         raise ConfigError(f"unknown sampler {name!r}: use one of {sorted(SAMPLERS)}")
@@ -144,11 +149,13 @@ def make_sample_fn(model, schedule: Schedule, config, num: int, sampler: str | N
         raise ConfigError(f"0 steps (adaptive) is only for the 'ode' sampler, not {name!r}")
     if name == "ddim":
         options = {"eta": config.sampling.eta, **options}
+    mesh = mesh or parallel.make_mesh()
+    split = parallel.batch_sharded(mesh) if num % mesh.size == 0 else parallel.replicated(mesh)
 
     def apply(p, x, t):
-        return model.apply({"params": p}, x, t)
+        return model.apply({"params": p}, jax.lax.with_sharding_constraint(x, split), t)
 
-    @jax.jit
+    @functools.partial(jax.jit, out_shardings=parallel.replicated(mesh))
     def sample_fn(params, key):
         return sample(name, apply, params, key, input_shape(config, num), schedule, steps or None,
                       prediction=config.diffusion.prediction, **options)
