@@ -5,8 +5,9 @@ python benchmarks/nfe_sweep.py --workdirs runs/mnist_cunet runs/mnist_unet [--nu
 For each run: DDIM, DPM-Solver++(2M) and the probability-flow ODE (Heun) at about
 10, 20, 50 and 100 NFE, and the 1000-step ancestral reference; FD in the dataset's
 classifier feature space against the held-out split, wall time per image. Prints a
-table, writes JSON and one PNG. --append keeps the other runs already in <out>'s
-JSON (same --num), so runs can be swept one at a time.
+table, writes JSON and one PNG. --append keeps the rows already in <out>'s JSON
+(same --num) and computes only the points they lack, so runs and NFEs can be added
+one at a time.
 """
 
 import argparse
@@ -30,12 +31,16 @@ def points(nfes: list[int]) -> list[tuple[str, int, dict]]:
     return out + [("ancestral", 1000, {})]
 
 
-def run_sweep(workdir: str, nfes: list[int], num: int, batch: int, cache_dir: Path) -> list[dict]:
+def run_sweep(workdir: str, nfes: list[int], num: int, batch: int, cache_dir: Path,
+              done: frozenset = frozenset()) -> list[dict]:
+    """One row per point of `points(nfes)`, skipping the (sampler, steps) pairs in `done`."""
     config, params, step = restore_run(workdir)
     space = feature_space(config.data, cache_dir)
     real, _ = _all_images(data.load_source(config.data, "test"), num, seed=1)
     rows = []
     for name, steps, options in points(nfes):
+        if (name, steps) in done:
+            continue
         samples, seconds, nfe = generate(config, params, num, sampler=name, num_steps=steps, batch=batch, **options)
         fd = evaluate_samples(samples, real, space)["fd"]
         rows.append({"run": Path(workdir).name, "model": config.model.name, "workdir": workdir, "step": step, "sampler": name,
@@ -57,14 +62,18 @@ def main() -> None:
     out = Path(a.out)
     kept = []
     if a.append and (out / "nfe_sweep.json").exists():
-        names = {Path(w).name for w in a.workdirs}
-        kept = [r for r in json.loads((out / "nfe_sweep.json").read_text())["rows"] if r["run"] not in names]
+        kept = json.loads((out / "nfe_sweep.json").read_text())["rows"]
         other = {r.get("num") for r in kept} - {a.num}
         if other:
             sys.exit(f"nfe_sweep.py: --append: {out / 'nfe_sweep.json'} holds rows with --num {other}, "
                      f"not {a.num}; pass the same --num or another --out")
     cache = Path(a.cache_dir) if a.cache_dir else default_cache_dir(a.workdirs[0])
-    rows = kept + [r for w in a.workdirs for r in run_sweep(w, a.nfe, a.num, min(a.batch, a.num), cache)]
+    rows = list(kept)
+    for w in a.workdirs:
+        done = frozenset((r["sampler"], r["steps"]) for r in kept if r["run"] == Path(w).name)
+        rows += run_sweep(w, a.nfe, a.num, min(a.batch, a.num), cache, done)
+    order = {run: i for i, run in enumerate(dict.fromkeys(r["run"] for r in rows))}
+    rows.sort(key=lambda r: (order[r["run"]], r["sampler"] == "ancestral", r["nfe"]))
 
     out.mkdir(parents=True, exist_ok=True)
     print(f"\nFD (classifier features) against NFE, {a.num} samples each, on {machine()}")
@@ -86,14 +95,17 @@ def _plot(rows: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for run, style in zip(dict.fromkeys(r["run"] for r in rows), ("-", "--", ":", "-.")):
-        for sampler in ("ddim", "dpmpp2m", "ode"):
+        for sampler, color in zip(("ddim", "dpmpp2m", "ode"), ("C0", "C1", "C2")):
             pts = sorted((r["nfe"], r["fd"]) for r in rows if r["run"] == run and r["sampler"] == sampler)
             if pts:
-                ax.plot(*zip(*pts), style, marker="o", label=f"{run} {sampler}")
+                ax.plot(*zip(*pts), style, color=color, marker="o", label=f"{run} {sampler}")
         ref = [r["fd"] for r in rows if r["run"] == run and r["sampler"] == "ancestral"]
         if ref:
             ax.axhline(ref[0], linestyle=style, color="grey", label=f"{run} ancestral 1000")
     ax.set_xscale("log")
+    nfes = sorted({r["nfe"] for r in rows if r["sampler"] == "ddim"})
+    ax.set_xticks(nfes, [str(n) for n in nfes], minor=False)
+    ax.set_xticks([], minor=True)
     ax.set_xlabel("denoiser evaluations (NFE)")
     ax.set_ylabel("FD (classifier features)")
     ax.legend(fontsize=7)
