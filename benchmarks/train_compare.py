@@ -1,6 +1,6 @@
 """Training speed with an equal budget: the continuous U-Net against the DDPM U-Net on real MNIST.
 
-python benchmarks/train_compare.py [--steps 1000 --batch 32 --eval_every 250 --num_eval_samples 250]
+python benchmarks/train_compare.py [--steps 1000 --batch 32 --lr 2e-3 --eval_every 250 --num_eval_samples 250]
                                    [--cunet_solver rk4 --cunet_ode_steps 1] [--cheap_solvers euler:1]
                                    [--runs_dir runs/train_compare] [--quick] [--out DIR]
 
@@ -82,7 +82,7 @@ def main() -> None:
                     help="directory with MNIST IDX files (t10k-images-idx3-ubyte.gz, labels)")
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--lr", type=float, default=2e-3, help="Adam's learning rate, the same for every model")
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--eval_every", type=int, default=250)
     ap.add_argument("--num_eval_samples", type=int, default=250)
