@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=250)
     ap.add_argument("--cache_dir", default=None)
     ap.add_argument("--out", default="benchmarks/results/nfe_sweep")
-    ap.add_argument("--append", action="store_true", help="keep the other runs already in <out>/nfe_sweep.json")
+    ap.add_argument("--append", action="store_true", help="keep the rows in <out>/nfe_sweep.json, run only the points they lack")
     a = ap.parse_args()
     out = Path(a.out)
     kept = []

@@ -46,7 +46,7 @@ def test_sharded_step_equals_single_device_step(name):
 @pytest.mark.parametrize("sampler", ["ddim", "ancestral"])
 def test_sampling_splits_the_batch_over_devices(sampler):
     c, model, _, schedule, state, _ = _setup()
-    # the zero-initialised output conv would make every sample equal: perturb the params
+    # with the zero-initialised output conv the denoiser would output zeros: perturb the params
     leaves, tree = jax.tree.flatten(state.params)
     keys = jax.random.split(jax.random.key(1), len(leaves))
     params = jax.tree.unflatten(tree, [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
