@@ -85,12 +85,10 @@ def _hand_written_field(kind, p, y, scale, shift):
     gn = lambda q, h: nn.GroupNorm(num_groups=2).apply({"params": q}, h)
     conv = lambda q, h: jax.lax.conv_general_dilated(
         h, q["kernel"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) + q["bias"][None, None, None, :]
-    if kind == "release":
-        h = jax.nn.softplus(conv(p["Conv_0"], gn(p["GroupNorm_0"], y)))
-        h = gn(p["GroupNorm_1"], h) * (1.0 + scale) + shift
-        return jax.nn.softplus(conv(p["Conv_1"], h)) + y
     h = jax.nn.softplus(conv(p["Conv_0"], gn(p["GroupNorm_0"], y)))
     h = gn(p["GroupNorm_1"], h) * (1.0 + scale) + shift
+    if kind == "release":
+        return jax.nn.softplus(conv(p["Conv_1"], h)) + y
     return conv(p["Conv_1"], jax.nn.softplus(h))
 
 

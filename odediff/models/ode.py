@@ -143,17 +143,12 @@ class VectorField(nn.Module):
 
     @nn.compact
     def __call__(self, y: jax.Array, scale: jax.Array, shift: jax.Array) -> jax.Array:
-        if self.kind == "release":
-            h = make_norm(self.norm, self.channels)(y)
-            h = softplus(nn.Conv(self.channels, (3, 3))(h))
-            h = make_norm(self.norm, self.channels)(h)
-            h = h * (1.0 + scale) + shift
-            h = softplus(nn.Conv(self.channels, (3, 3))(h))
-            return h + y
-        if self.kind != "residual":
+        if self.kind not in FIELDS:
             raise ValueError(f"unknown ODE field {self.kind!r}: use one of {FIELDS}")
         h = softplus(nn.Conv(self.channels, (3, 3))(make_norm(self.norm, self.channels)(y)))
         h = make_norm(self.norm, self.channels)(h) * (1.0 + scale) + shift
+        if self.kind == "release":
+            return softplus(nn.Conv(self.channels, (3, 3))(h)) + y
         return nn.Conv(self.channels, (3, 3), kernel_init=nn.initializers.zeros)(softplus(h))
 
 
