@@ -46,7 +46,7 @@ def main() -> None:
     for size, ch in ((28, 16), (64, 32)):
         vf = VectorField(ch)
         y = jax.random.normal(jax.random.key(0), (a.batch, size, size, ch))
-        film = jnp.zeros((a.batch, 1, 1, ch))
+        film = jnp.zeros((a.batch, ch))
         params = vf.init(jax.random.key(1), y, film, film)["params"]
         field = lambda s, p: vf.apply({"params": p}, s, film, film)
         for solver in ("euler", "rk4"):

@@ -86,7 +86,7 @@ def _hand_written_field(kind, p, y, scale, shift):
     conv = lambda q, h: jax.lax.conv_general_dilated(
         h, q["kernel"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) + q["bias"][None, None, None, :]
     h = jax.nn.softplus(conv(p["Conv_0"], gn(p["GroupNorm_0"], y)))
-    h = gn(p["GroupNorm_1"], h) * (1.0 + scale) + shift
+    h = gn(p["GroupNorm_1"], h) * (1.0 + scale[:, None, None, :]) + shift[:, None, None, :]
     if kind == "release":
         return jax.nn.softplus(conv(p["Conv_1"], h)) + y
     return conv(p["Conv_1"], jax.nn.softplus(h))
@@ -95,7 +95,7 @@ def _hand_written_field(kind, p, y, scale, shift):
 @pytest.mark.parametrize("kind", FIELDS)
 def test_vector_fields_match_their_written_out_form(kind):
     y = jax.random.normal(jax.random.key(0), (2, 5, 5, 8))
-    scale, shift = (0.5 * jax.random.normal(k, (2, 1, 1, 8)) for k in jax.random.split(jax.random.key(1)))
+    scale, shift = (0.5 * jax.random.normal(k, (2, 8)) for k in jax.random.split(jax.random.key(1)))
     field = VectorField(8, "group", kind)
     params = field.init(jax.random.key(2), y, scale, shift)["params"]
     params = jax.tree.map(lambda a: a + 0.2 * jax.random.normal(jax.random.key(3), a.shape), params)
@@ -119,4 +119,4 @@ def test_residual_ode_block_starts_as_the_identity_and_the_release_block_does_no
 def test_unknown_field_is_a_clear_error():
     y = jnp.zeros((1, 4, 4, 8))
     with pytest.raises(ValueError, match="unknown ODE field 'second_order'"):
-        VectorField(8, "group", "second_order").init(jax.random.key(0), y, y[..., :1, :1, :], y[..., :1, :1, :])
+        VectorField(8, "group", "second_order").init(jax.random.key(0), y, y[:, 0, 0], y[:, 0, 0])

@@ -54,18 +54,24 @@ def _num_groups(channels: int) -> int:
 
 
 class GroupNorm(nn.Module):
-    """Group normalisation over NHWC, numerically as `flax.linen.GroupNorm`.
+    """Group normalisation over NHWC, numerically as `flax.linen.GroupNorm`, with an
+    optional FiLM (`film_scale`, `film_shift`: (B, C)) applied after it.
 
     Statistics are reduced per channel first and then pooled per group, which on
     XLA:CPU runs ~7x faster than flax's single reduction over (H, W, channels of a
-    group); the normalisation becomes one per-(image, channel) affine map.
+    group). Normalisation, affine and FiLM fold into one per-(image, channel) map
+    x * a + b, whose (B, C) coefficients are computed once behind an optimization
+    barrier: fused into the elementwise consumer, XLA:CPU recomputed them per pixel
+    in unvectorised index arithmetic, ~3x slower.
     """
 
     num_groups: int
     epsilon: float = 1e-6
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, film_scale: jax.Array | None = None, film_shift: jax.Array | None = None
+    ) -> jax.Array:
         b, c = x.shape[0], x.shape[-1]
         if c % self.num_groups:
             raise ValueError(f"{c} channels do not split into {self.num_groups} groups")
@@ -76,10 +82,19 @@ class GroupNorm(nn.Module):
         mean = jnp.mean(x32, axes).reshape(b, self.num_groups, -1).mean(-1)
         mean_sq = jnp.mean(jnp.square(x32), axes).reshape(b, self.num_groups, -1).mean(-1)
         inv = jax.lax.rsqrt(jnp.maximum(mean_sq - jnp.square(mean), 0.0) + self.epsilon)
-        inv = jnp.repeat(inv, c // self.num_groups, axis=1) * scale[None, :]
-        shift = bias[None, :] - jnp.repeat(mean, c // self.num_groups, axis=1) * inv
+        # Group -> channel by a one-hot matmul, not jnp.repeat: XLA:CPU cannot fuse a dot
+        # into its elementwise consumer, so the (B, C) coefficients are computed once
+        # instead of per pixel in unvectorised index arithmetic (~3x slower).
+        expand = jnp.repeat(jnp.eye(self.num_groups, dtype=jnp.float32), c // self.num_groups, axis=1)
+        inv, mean = jnp.split(jnp.concatenate([inv, mean]) @ expand, 2)
+        a = inv * scale[None, :]
+        shift = bias[None, :] - mean * a
+        if film_scale is not None:
+            a, shift = a * (1.0 + film_scale), shift * (1.0 + film_scale)
+        if film_shift is not None:
+            shift = shift + film_shift
         bcast = (b,) + (1,) * (x.ndim - 2) + (c,)
-        return (x32 * inv.reshape(bcast) + shift.reshape(bcast)).astype(x.dtype)
+        return (x32 * a.reshape(bcast) + shift.reshape(bcast)).astype(x.dtype)
 
 
 def make_norm(kind: str, channels: int) -> nn.Module:

@@ -125,7 +125,8 @@ FIELDS = ("residual", "release")
 
 
 class VectorField(nn.Module):
-    """The field of one ODE block, FiLM-conditioned on the diffusion step.
+    """The field of one ODE block, FiLM-conditioned on the diffusion step (`scale`,
+    `shift`: (B, channels), applied after the second norm).
 
     "release" (the authors' code): norm -> 3x3 conv -> act -> norm -> FiLM -> 3x3 conv
     -> act, + y. Its + y and final softplus (>= 0) make every block grow its state
@@ -146,7 +147,7 @@ class VectorField(nn.Module):
         if self.kind not in FIELDS:
             raise ValueError(f"unknown ODE field {self.kind!r}: use one of {FIELDS}")
         h = softplus(nn.Conv(self.channels, (3, 3))(make_norm(self.norm, self.channels)(y)))
-        h = make_norm(self.norm, self.channels)(h) * (1.0 + scale) + shift
+        h = make_norm(self.norm, self.channels)(h, scale, shift)
         if self.kind == "release":
             return softplus(nn.Conv(self.channels, (3, 3))(h)) + y
         return nn.Conv(self.channels, (3, 3), kernel_init=nn.initializers.zeros)(softplus(h))
@@ -174,7 +175,7 @@ class ODEBlock(nn.Module):
     @nn.compact
     def __call__(self, y: jax.Array, temb: jax.Array) -> jax.Array:
         film = nn.Dense(2 * self.channels, name="time_proj")(temb)
-        scale, shift = jnp.split(film[:, None, None, :], 2, axis=-1)
+        scale, shift = jnp.split(film, 2, axis=-1)
         field = VectorField(self.channels, self.norm, self.field)
         params = self.param("field", lambda k: field.init(k, y, scale, shift)["params"])
 
