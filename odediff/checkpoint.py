@@ -1,7 +1,9 @@
 """Orbax checkpoints under <workdir>/checkpoints: train state plus a JSON record (config, step, data position)."""
 
 import logging
+import os
 import shutil
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -57,6 +59,7 @@ class Checkpointer:
         args = ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
         )
+        _drop_failed_read_aftermath()
         try:
             _check_fits(self._manager.item_metadata(step)["state"], abstract_state)
             out = self._manager.restore(step, args=args)
@@ -75,6 +78,7 @@ class Checkpointer:
     def read_meta(self, step: int) -> dict:
         """The JSON record alone (config and step), without touching the arrays."""
         self._check_committed(step)
+        _drop_failed_read_aftermath()
         try:
             out = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         except Exception as e:
@@ -121,6 +125,27 @@ class Checkpointer:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def _drop_failed_read_aftermath() -> None:
+    """When one read of a restore fails, the others end on their own: tensorstore's
+    callbacks find orbax's event loop closed ('RuntimeError: Event loop is closed') and
+    orbax's read coroutines are collected with their errors unretrieved. Each would print
+    a traceback through `sys.unraisablehook` around our one-line error; this process
+    drops those, and only those, once it has started a restore."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_failed_read_aftermath", False):
+        return
+
+    def hook(unraisable):
+        e, code = unraisable.exc_value, getattr(unraisable.object, "cr_code", None)
+        closed_loop = isinstance(e, RuntimeError) and str(e) == "Event loop is closed"
+        orbax_read = code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+        if not (closed_loop or orbax_read):
+            previous(unraisable)
+
+    hook.drops_failed_read_aftermath = True
+    sys.unraisablehook = hook
 
 
 def _host_leaves(state: Any) -> list[np.ndarray]:

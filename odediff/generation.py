@@ -34,7 +34,8 @@ def restore_run(workdir: str | Path, step: int | None = None) -> tuple[ml_collec
         state, _ = ckpt.restore(step, abstract)
     except CheckpointError as e:
         raise CheckpointError(f"checkpoint step {step} in {ckpt.directory} is unusable: {e}") from e
-    ckpt.close()
+    finally:
+        ckpt.close()
     return config, state.ema_params, step
 
 

@@ -211,6 +211,37 @@ def test_cli_reports_a_damaged_checkpoint_and_training_resumes_before_it(referen
     _assert_bitwise_equal(_state(workdir, N), _state(reference, N))
 
 
+def test_only_the_aftermath_of_a_failed_read_is_silenced(monkeypatch):
+    """A failed restore leaves tensorstore callbacks on a closed event loop and orbax read
+    coroutines with unretrieved errors; those tracebacks are dropped, nothing else is."""
+    from types import SimpleNamespace
+
+    from odediff.checkpoint import _drop_failed_read_aftermath
+
+    def coroutine_from(path):
+        scope = {}
+        exec(compile("async def read():\n    pass", path, "exec"), scope)
+        return scope["read"]()
+
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    _drop_failed_read_aftermath()
+    _drop_failed_read_aftermath()  # idempotent: one filter, not two
+    orbax_read = coroutine_from(os.path.join("site-packages", "orbax", "checkpoint", "serialization.py"))
+    other = coroutine_from(os.path.join("site-packages", "mylib", "io.py"))
+    try:
+        dropped = [SimpleNamespace(exc_value=RuntimeError("Event loop is closed"), object=None),
+                   SimpleNamespace(exc_value=Exception("Encountered error while reading"), object=orbax_read)]
+        kept = [SimpleNamespace(exc_value=RuntimeError("something else"), object=None),
+                SimpleNamespace(exc_value=Exception("Encountered error while reading"), object=other)]
+        for u in dropped + kept:
+            sys.unraisablehook(u)
+    finally:
+        orbax_read.close()
+        other.close()
+    assert seen == kept
+
+
 # ---------------------------------------------------------------------------- NaN and inf
 
 # train.py whose data turn to NaN at step $NAN_STEP, and which gets SIGINT while fetching
