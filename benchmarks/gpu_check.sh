@@ -39,8 +39,8 @@ left=$(( 470 - ($(date +%s) - start) ))
 [ "$left" -lt 60 ] && left=60
 timeout "$left" "$PY" benchmarks/train_compare.py --data "$MNIST_DIR" --steps 1500 --batch 128 \
   --eval_every 500 --num_eval_samples 1000 --eval_steps 50 --cunet_nf 16 --unet_ch 64 \
-  --cheap_solvers euler:1 --runs_dir "${TMPDIR:-/tmp}/odediff_runs" \
+  --cheap_solvers heun:1 --runs_dir "${TMPDIR:-/tmp}/odediff_runs" \
   --out "$OUTDIR" --cache_dir "${TMPDIR:-/tmp}/odediff_cache" 2>&1 | tee -a "$OUTDIR/log.txt"
 echo "train_compare: exit ${PIPESTATUS[0]} after $(( $(date +%s) - start )) s"
 # 8 files in $OUTDIR (the device tool returns at most 8): device.txt, log.txt, paper_table.json,
-# train_compare.{json,png}, samples_{cunet,cunet_euler1,unet}.png
+# train_compare.{json,png}, samples_{cunet,cunet_heun1,unet}.png
