@@ -65,8 +65,9 @@ def main() -> None:
         kept = json.loads((out / "nfe_sweep.json").read_text())["rows"]
         other = {r.get("num") for r in kept} - {a.num}
         if other:
-            sys.exit(f"nfe_sweep.py: --append: {out / 'nfe_sweep.json'} holds rows with --num {other}, "
-                     f"not {a.num}; pass the same --num or another --out")
+            print(f"nfe_sweep.py: --append: {out / 'nfe_sweep.json'} holds rows with --num {other}, "
+                  f"not {a.num}; pass the same --num or another --out", file=sys.stderr)
+            sys.exit(2)
     cache = Path(a.cache_dir) if a.cache_dir else default_cache_dir(a.workdirs[0])
     rows = list(kept)
     for w in a.workdirs:
