@@ -1,32 +1,48 @@
-"""Training speed with an equal budget: the continuous U-Net against the DDPM U-Net on real MNIST.
+"""The paper's central claim on real digits: the continuous U-Net against the DDPM U-Net,
+trained until both draw digits, several seeds, scored beside the real-data floor. Resumable.
 
-python benchmarks/train_compare.py [--steps 1000 --batch 32 --lr 2e-3 --eval_every 250 --num_eval_samples 250]
-                                   [--cunet_solver rk4 --cunet_ode_steps 1] [--cheap_solvers euler:1]
-                                   [--runs_dir runs/train_compare] [--quick] [--out DIR]
+python benchmarks/train_compare.py [--data DIR] [--preset cpu|gpu] [--steps 6000] [--seeds 0,1]
+                                   [--runs_dir runs/mnist_compare] [--out benchmarks/results/mnist_compare]
 
-Both denoisers train in this one process, alternating every --eval_every steps, on
-the same batches (same seed), optimizer, schedule and learning rate: configs/mnist.py
-with data from idx:<--data> (the MNIST test set's 10k images, split into train and
-held-out by data.holdout_fraction). Every --eval_every steps each EMA model draws
---num_eval_samples DDIM samples, scored against the held-out images by FD in the
-features of a small classifier trained on the train split ("FD (classifier
-features)", not Inception FID). Writes <out>/train_compare.json and
-<out>/train_compare.png (smoothed loss and FD against step for both), and reports
-how many steps the cU-Net needs to reach the U-Net's final (smoothed) loss.
---cheap_solvers adds cU-Net runs with cheaper fixed-step solvers (solver:steps, e.g.
-euler:1,heun:1), trained the same way, to show which keeps FD no worse than the U-Net's.
-Each final state is saved as a run (config + orbax checkpoint) in <runs_dir>/<label>,
-which sample.py, evaluate.py, nfe_sweep.py and denoise.py read; existing runs there
-are never overwritten.
+Data: MNIST IDX files (--data; the 10k-image test set is enough), split into train and
+held-out by data.holdout_fraction (0.1: 9,000 / 1,000). Models: the DDPM U-Net
+(`unet`) and the cU-Net with every ODE block time-conditioned, at RK4 x1
+(`cunet_rk4`) and at Heun x1 (`cunet_heun`).
 
-Sizes: CPU-friendly by default, sized for about 45 minutes on 2 CPU cores: cU-Net
-nf 8 (ch_mult 2,4,8, RK4 x1, 0.66 M parameters), U-Net ch 32 (ch_mult 1,2,2, 2 res
-blocks, attention at 16, 1.6 M) -- the U-Net keeps more capacity than the cU-Net.
-On a GPU use --cunet_nf 16 --unet_ch 64 (configs/mnist.py's widths) and more steps.
+1. Learning rate: every model runs the same sweep (--lrs, seed 0, --sweep_steps
+   steps on the same batches); each keeps the rate with the lowest mean training
+   loss over the sweep's last quarter. The seed-0 run at that rate continues as the
+   model's first seed.
+2. Training: every model and seed advances in turns of --eval_every steps, so an
+   interrupted experiment leaves all models at a like stage. After each turn a run
+   is checkpointed (orbax, a run directory that sample.py, evaluate.py, nfe_sweep.py
+   and denoise.py read) and scored on --num_eval_samples DDIM samples (fixed seed,
+   EMA params) against the held-out split: FD in the features of a classifier
+   trained on the train split, precision/recall, KID on standardised features, the
+   share of samples the classifier labels with p >= 0.9 and the entropy of their
+   class histogram. Training seconds (the step loop, compilation excluded) are kept
+   with every score, for FD against wall clock.
+3. The real-data floor: the same metrics for as many train images as samples,
+   against the same held-out images, over three draws.
+
+Everything accumulates in <out>/train_compare.json; rerunning the same command
+continues where it stopped (checkpoints and scores already there are kept); a larger
+--steps or more --seeds extends the experiment. After every turn the report is
+rewritten: <out>/train_compare.png (FD against steps and against training seconds,
+mean and range over seeds, the floor as a band), <out>/samples_<model>.png (a grid)
+and <out>/samples_<model>.npz (`images`: uint8 NHWC, every sample of the latest
+scoring of the model's seed-0 run, unfiltered).
+
+Presets: `cpu` (default; sized to converge in a few hours of 2 CPU cores): MNIST at
+16x16, batch 64, cU-Net nf 8 (ch_mult 2,4,8, attention at 4 px; 0.66 M parameters),
+U-Net ch 32 (ch_mult 1,2,2,2, attention at 8 px; 2.24 M, 3.4x). `gpu`:
+configs/mnist.py as it is (32x32, batch 128, cU-Net nf 16, U-Net ch 64), with
+--time_budget giving every run the same training seconds.
 """
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -38,224 +54,344 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import machine, markdown_table, write_json  # noqa: E402
 
 from odediff import data as data_lib  # noqa: E402
+from odediff import images, parallel  # noqa: E402
 from odediff.checkpoint import Checkpointer  # noqa: E402
-from odediff.config import config_to_json, load_config_file  # noqa: E402
-from odediff.evaluation import evaluate_samples, feature_space  # noqa: E402
-from odediff.generation import generate  # noqa: E402
+from odediff.config import config_differences, config_to_json, load_config_file  # noqa: E402
+from odediff.evaluation import _all_images, evaluate_samples, feature_space  # noqa: E402
 from odediff.models import build_denoiser  # noqa: E402
 from odediff.schedule import make_schedule  # noqa: E402
-from odediff.training import checkpoint_meta, create_train_state, make_optimizer, train_step  # noqa: E402
+from odediff.training import (abstract_train_state, checkpoint_meta, create_train_state,  # noqa: E402
+                              make_optimizer, make_sample_fn, train_step)
 
 REPO = Path(__file__).resolve().parents[1]
+MODELS = {"unet": ("unet", None), "cunet_rk4": ("cunet", "rk4"), "cunet_heun": ("cunet", "heun")}
+PRESETS = {
+    "cpu": dict(image_size=16, batch=64, cunet_nf=8, cunet_ch_mult="2,4,8", cunet_attn="4",
+                unet_ch=32, unet_ch_mult="1,2,2,2", unet_attn="8"),
+    "gpu": dict(image_size=32, batch=128, cunet_nf=16, cunet_ch_mult="2,4,8", cunet_attn="8",
+                unet_ch=64, unet_ch_mult="1,2,2", unet_attn="16"),
+}
+# Settings that define the experiment: a results JSON only continues with the same ones.
+PROTOCOL = ("preset", "image_size", "batch", "lrs", "sweep_steps", "eval_every", "num_eval_samples", "eval_steps",
+            "ema", "cunet_nf", "cunet_ch_mult", "cunet_attn", "unet_ch", "unet_ch_mult", "unet_attn", "time_budget")
+SAMPLE_SEED = 1234
 
 
-def smooth(values: np.ndarray, window: int) -> np.ndarray:
-    """Trailing moving average (shorter windows at the start)."""
-    c = np.cumsum(np.insert(np.asarray(values, np.float64), 0, 0.0))
-    i = np.arange(1, len(values) + 1)
-    lo = np.maximum(i - window, 0)
-    return (c[i] - c[lo]) / (i - lo)
+def ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(",") if v)
 
 
-def make_config(a, name: str, solver: str | None = None, ode_steps: int | None = None):
+def make_config(a, model: str, lr: float, seed: int):
+    name, solver = MODELS[model]
     c = load_config_file(REPO / "configs" / "mnist.py")
     c.data.source = f"idx:{Path(a.data).resolve()}"
-    c.seed = a.seed
+    c.data.image_size = a.image_size
+    c.seed = seed
     c.model.name = name
-    c.model.cunet.nf = a.cunet_nf
-    c.model.cunet.solver = solver or a.cunet_solver
-    c.model.cunet.ode_steps = ode_steps or a.cunet_ode_steps
-    c.model.unet.ch = a.unet_ch
+    if solver:
+        c.model.cunet.solver, c.model.cunet.ode_steps = solver, 1
+    c.model.cunet.nf, c.model.cunet.ch_mult, c.model.cunet.attn_resolutions = a.cunet_nf, ints(a.cunet_ch_mult), ints(a.cunet_attn)
+    c.model.unet.ch, c.model.unet.ch_mult, c.model.unet.attn_resolutions = a.unet_ch, ints(a.unet_ch_mult), ints(a.unet_attn)
     c.training.batch_size = a.batch
-    c.training.num_steps = a.steps
-    c.training.learning_rate = a.lr
-    c.training.warmup_steps = min(200, max(a.steps // 10, 1))
+    c.training.learning_rate = lr
+    c.training.lr_schedule = "constant"
+    c.training.warmup_steps = 100
     c.training.ema_decay = a.ema
-    c.sampling.sampler = "ddim"
-    c.sampling.num_steps = a.eval_steps
+    c.training.num_steps = a.steps
+    c.sampling.sampler, c.sampling.num_steps = "ddim", a.eval_steps
     return c
+
+
+class Run:
+    """One (model, learning rate, seed): its train state, compiled step, losses and scores,
+    kept in <runs_dir>/<name> and in the results record."""
+
+    def __init__(self, a, model: str, lr: float, seed: int, record: dict, mesh):
+        self.name = f"{model}_lr{lr:g}_s{seed}"
+        self.model_name, self.lr, self.seed = model, lr, seed
+        self.config = make_config(a, model, lr, seed)
+        self.dir = Path(a.runs_dir) / self.name
+        self.rec = record.setdefault(self.name, {"model": model, "lr": lr, "seed": seed, "evals": []})
+        self.mesh, self.rep = mesh, parallel.replicated(mesh)
+        self.model = build_denoiser(self.config.model)
+        self.tx = make_optimizer(self.config.training)
+        self.schedule = make_schedule(self.config.diffusion.beta_schedule, self.config.diffusion.num_timesteps)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        saved = self.dir / "config.json"
+        diffs = config_differences(json.loads(saved.read_text()), self.config) if saved.exists() else []
+        if diffs:
+            print(f"train_compare.py: {self.dir} holds a run with another config ({', '.join(diffs)}): "
+                  f"pass another --runs_dir", file=sys.stderr)
+            sys.exit(2)
+        saved.write_text(config_to_json(self.config))
+        self.ckpt = Checkpointer(self.dir, keep=2)
+        restored = self.ckpt.restore_latest(abstract_train_state(self.model, self.tx, self.config, self.rep))
+        if restored is None:
+            init = jax.jit(lambda k: create_train_state(self.model, self.tx, self.config, k), out_shardings=self.rep)
+            self.state, self.step, meta = init(jax.random.split(jax.random.key(seed))[0]), 0, {}
+        else:
+            self.step, self.state, meta = restored
+        self.train_seconds = float(meta.get("train_seconds", 0.0))
+        self.losses = list(meta.get("losses", []))[: self.step]
+        self.rec["losses"] = self.losses
+        self.rec["evals"] = [e for e in self.rec["evals"] if e["step"] <= self.step]
+        self.rec["params"] = int(sum(x.size for x in jax.tree.leaves(self.state.params)))
+        self._step_fn = self._sample_fn = None
+
+    def train_to(self, target: int, source) -> None:
+        if self.step >= target:
+            return
+        c = self.config
+        if self._step_fn is None:
+            fn = jax.jit(lambda s, b: train_step(self.model, self.tx, self.schedule, c, s, b),
+                         out_shardings=(self.rep, self.rep), donate_argnums=0)
+            b0 = parallel.global_batch(data_lib.get_batch(source, c.data, c.training.batch_size, c.seed, 0), self.mesh)
+            self._step_fn = fn.lower(self.state, b0).compile()
+        t0, losses = time.perf_counter(), []
+        for s in range(self.step, target):
+            batch = data_lib.get_batch(source, c.data, c.training.batch_size, c.seed, s)
+            self.state, m = self._step_fn(self.state, parallel.global_batch(batch, self.mesh))
+            losses.append(m["loss"])
+        jax.block_until_ready(self.state)
+        self.train_seconds += time.perf_counter() - t0
+        self.losses += [float(v) for v in jax.device_get(losses)]
+        if not np.isfinite(self.losses[-len(losses):]).all():
+            print(f"{self.name}: non-finite losses before step {target}", flush=True)
+        self.step = target
+        meta = {**checkpoint_meta(c, target), "train_seconds": self.train_seconds, "losses": self.losses}
+        self.ckpt.save(target, self.state, meta, force=True)
+
+    def samples(self, num: int) -> np.ndarray:
+        if self._sample_fn is None:
+            fn = make_sample_fn(self.model, self.schedule, self.config, num, mesh=self.mesh)
+            self._sample_fn = fn.lower(self.state.ema_params, jax.random.key(SAMPLE_SEED)).compile()
+        images_, _ = self._sample_fn(self.state.ema_params, jax.random.key(SAMPLE_SEED))
+        return data_lib.to_uint8(parallel.to_host(images_))
+
+    def close(self) -> None:
+        self.ckpt.close()
+
+
+SCORES = ("fd", "precision", "recall", "kid_mean", "kid_std", "confident_fraction", "confident_entropy",
+          "class_histogram_tv")
+
+
+def score(samples: np.ndarray, real: np.ndarray, space) -> dict:
+    ev = evaluate_samples(samples, real, space, kid_subsets=20, kid_subset_size=min(len(samples), 500))
+    return {k: ev[k] for k in SCORES}
+
+
+def real_floor(train_source, real: np.ndarray, space, num: int, draws: int = 3) -> dict:
+    """The metrics of `num` train images against the held-out ones, per draw."""
+    rows = [score(_all_images(train_source, num, seed=100 + d)[0], real, space) for d in range(draws)]
+    return {"num": num, "draws": rows, **{k: [r[k] for r in rows] for k in SCORES}}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "mnist"),
-                    help="directory with MNIST IDX files (t10k-images-idx3-ubyte.gz, labels)")
-    ap.add_argument("--steps", type=int, default=1000)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=2e-3, help="Adam's learning rate, the same for every model")
+                    help="directory with MNIST IDX files (*images-idx3-ubyte[.gz] and labels)")
+    ap.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
+    for k, v in PRESETS["cpu"].items():
+        ap.add_argument(f"--{k}", type=type(v), default=None, help=f"preset cpu: {v}")
+    ap.add_argument("--steps", type=int, default=6000, help="train every run to this step (more continues)")
+    ap.add_argument("--time_budget", type=float, default=0.0,
+                    help="also stop a run once its training seconds reach this (equal wall clock); 0: no limit")
+    ap.add_argument("--lrs", default="5e-4,1e-3,2e-3", help="the learning-rate sweep grid, the same for every model")
+    ap.add_argument("--sweep_steps", type=int, default=300)
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--eval_every", type=int, default=500)
+    ap.add_argument("--num_eval_samples", type=int, default=1000)
+    ap.add_argument("--eval_steps", type=int, default=25, help="DDIM steps (eta 0) of the scored samples")
     ap.add_argument("--ema", type=float, default=0.999)
-    ap.add_argument("--eval_every", type=int, default=250)
-    ap.add_argument("--num_eval_samples", type=int, default=250)
-    ap.add_argument("--eval_steps", type=int, default=25, help="DDIM steps of the evaluation samples")
     ap.add_argument("--classifier_steps", type=int, default=1000)
-    ap.add_argument("--cunet_solver", default="rk4")
-    ap.add_argument("--cunet_ode_steps", type=int, default=1)
-    ap.add_argument("--cunet_nf", type=int, default=8)
-    ap.add_argument("--unet_ch", type=int, default=32)
-    ap.add_argument("--models", default="cunet,unet")
-    ap.add_argument("--cheap_solvers", default="euler:1",
-                    help="extra cU-Net runs, solver:steps comma-separated ('' for none)")
-    ap.add_argument("--runs_dir", default="runs/train_compare", help="where each final state is saved as a run")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--runs_dir", default="runs/mnist_compare")
     ap.add_argument("--cache_dir", default=str(Path("~/.cache/odediff").expanduser()))
-    ap.add_argument("--quick", action="store_true", help="a smoke test: minutes on 2 CPU cores")
-    ap.add_argument("--out", default="benchmarks/results/train_compare")
+    ap.add_argument("--out", default="benchmarks/results/mnist_compare")
+    ap.add_argument("--report_only", action="store_true", help="rewrite the report from the JSON, train nothing")
     a = ap.parse_args()
-    if a.quick:
-        a.steps, a.eval_every, a.num_eval_samples = min(a.steps, 40), min(a.eval_every, 20), min(a.num_eval_samples, 64)
-        a.eval_steps, a.classifier_steps = min(a.eval_steps, 10), min(a.classifier_steps, 200)
-        a.cunet_nf, a.unet_ch = min(a.cunet_nf, 8), min(a.unet_ch, 32)
-    if not any(Path(a.data).glob("*images-idx3-ubyte*")):
-        print(f"train_compare.py: skipped: no MNIST IDX files in {a.data} (pass --data <dir>)")
-        return
-    configs = {n: make_config(a, n) for n in a.models.split(",")}
-    if "cunet" in configs:
-        for setting in filter(None, a.cheap_solvers.split(",")):
-            solver, _, n = setting.partition(":")
-            configs[f"cunet_{solver}{n or 1}"] = make_config(a, "cunet", solver, int(n or 1))
-    run_dirs = {n: Path(a.runs_dir) / n for n in configs}
-    taken = [str(d) for d in run_dirs.values() if (d / "checkpoints").exists()]
-    if taken:
-        print(f"train_compare.py: {', '.join(taken)} already hold runs: pass another --runs_dir "
-              f"or move them away (nothing is overwritten)", file=sys.stderr)
-        sys.exit(2)
+    for k, v in PRESETS[a.preset].items():
+        if getattr(a, k) is None:
+            setattr(a, k, v)
+    bad = [m for m in a.models.split(",") if m not in MODELS]
+    if bad:
+        ap.error(f"unknown --models {bad}: choose from {list(MODELS)}")
+    if a.num_eval_samples % 2 or a.num_eval_samples < 10:
+        ap.error("--num_eval_samples must be even and at least 10")
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    data_config = next(iter(configs.values())).data
+    path = out / "train_compare.json"
+    record = json.loads(path.read_text()) if path.exists() else {}
+    protocol = {k: getattr(a, k) for k in PROTOCOL}
+    if record and record["protocol"] != protocol:
+        diff = [k for k in PROTOCOL if record["protocol"].get(k) != protocol[k]]
+        print(f"train_compare.py: {path} holds an experiment with other settings ({', '.join(diff)}): "
+              f"pass the same ones to continue it, or another --out", file=sys.stderr)
+        sys.exit(2)
+    if a.report_only:
+        report(record, out)
+        return
+    if not any(Path(a.data).glob("*images-idx3-ubyte*")):
+        print(f"train_compare.py: no MNIST IDX files in {a.data} (pass --data <dir>)", file=sys.stderr)
+        sys.exit(2)
+    jax.config.update("jax_compilation_cache_dir", str(Path(a.runs_dir).absolute() / ".jax_cache"))
+    record.update(protocol=protocol, machine=machine())
+    record.setdefault("runs", {})
+    models, seeds, lrs = a.models.split(","), ints(a.seeds), [float(v) for v in a.lrs.split(",")]
+    mesh = parallel.make_mesh()
+
+    data_config = make_config(a, models[0], lrs[0], 0).data
     source = data_lib.load_source(data_config, "train")
-    held_out = data_lib.load_source(data_config, "test")
-    real = held_out[np.arange(len(held_out))]
-    t0 = time.perf_counter()
+    real = _all_images(data_lib.load_source(data_config, "test"))[0]
     space = feature_space(data_config, a.cache_dir, classifier_steps=a.classifier_steps)
-    print(f"feature classifier: test accuracy {space.info['classifier_test_accuracy']:.4f} "
-          f"({time.perf_counter() - t0:.0f} s); {len(source)} train / {len(real)} held-out images", flush=True)
+    record["feature_space"] = {k: v for k, v in space.info.items() if k != "classifier_cache"}
+    if record.get("floor", {}).get("num") != a.num_eval_samples:
+        record["floor"] = real_floor(source, real, space, a.num_eval_samples)
+    print(f"{len(source)} train / {len(real)} held-out images; classifier test accuracy "
+          f"{space.info['classifier_test_accuracy']:.4f}; real-data FD floor "
+          f"{np.mean(record['floor']['fd']):.2f} +- {np.std(record['floor']['fd']):.2f}", flush=True)
 
-    runs = {}
-    for n, c in configs.items():
-        model = build_denoiser(c.model)
-        tx = make_optimizer(c.training)
-        schedule = make_schedule(c.diffusion.beta_schedule, c.diffusion.num_timesteps)
-        # jitted, so params and EMA params are distinct buffers (the step donates the state)
-        state = jax.jit(lambda k, model=model, tx=tx, c=c: create_train_state(model, tx, c, k))(
-            jax.random.split(jax.random.key(c.seed))[0])
-        step_fn = jax.jit(lambda s, b, model=model, tx=tx, schedule=schedule, c=c: train_step(model, tx, schedule, c, s, b),
-                          donate_argnums=0)
-        batch0 = data_lib.get_batch(source, data_config, a.batch, a.seed, 0)
-        tc = time.perf_counter()
-        step_fn = step_fn.lower(state, batch0).compile()
-        runs[n] = {"config": c, "state": state, "step_fn": step_fn, "losses": [], "train_seconds": 0.0,
-                   "compile_seconds": time.perf_counter() - tc, "evals": [],
-                   "params": int(sum(x.size for x in jax.tree.leaves(state.params)))}
-        print(f"{n}: {runs[n]['params']:,} parameters, train step compiled in {runs[n]['compile_seconds']:.1f} s",
-              flush=True)
+    def save():
+        write_json(path, {k: v for k, v in record.items() if k != "machine"})
 
-    step = 0
-    while step < a.steps:
-        chunk = min(a.eval_every, a.steps - step)
-        batches = [data_lib.get_batch(source, data_config, a.batch, a.seed, s) for s in range(step, step + chunk)]
-        for n, r in runs.items():  # alternate: each model gets the same batches
-            ms = []
-            tt = time.perf_counter()
-            for b in batches:
-                r["state"], m = r["step_fn"](r["state"], b)
-                ms.append(m["loss"])
-            jax.block_until_ready(r["state"])
-            r["train_seconds"] += time.perf_counter() - tt
-            r["losses"] += [float(v) for v in jax.device_get(ms)]
-        step += chunk
-        line = [f"step {step}"]
-        for n, r in runs.items():
-            te = time.perf_counter()
-            samples, _, _ = generate(r["config"], r["state"].ema_params, a.num_eval_samples,
-                                     seed=a.seed, batch=min(a.num_eval_samples, 250))
-            ev = evaluate_samples(samples, real, space, kid_subsets=20)
-            r["evals"].append({"step": step, "fd": ev["fd"], "kid_mean": ev["kid_mean"], "precision": ev["precision"],
-                               "recall": ev["recall"], "class_histogram_tv": ev.get("class_histogram_tv"),
-                               "eval_seconds": time.perf_counter() - te, "train_seconds": r["train_seconds"]})
-            line.append(f"{n}: loss {np.mean(r['losses'][-chunk:]):.4f} FD {ev['fd']:.2f} "
-                        f"({r['train_seconds']:.0f} s training)")
-            if step == a.steps:
-                from odediff import images
-                images.save_grid(samples[:64], out / f"samples_{n}.png", scale=2)
-        print(" | ".join(line), flush=True)
+    record.setdefault("sweep", {})
+    chosen = {}
+    for m in models:
+        sweep = record["sweep"].setdefault(m, {})
+        for lr in lrs:
+            if f"{lr:g}" in sweep:
+                continue
+            r = Run(a, m, lr, seeds[0], record["runs"], mesh)
+            r.train_to(a.sweep_steps, source)
+            tail = r.losses[a.sweep_steps - a.sweep_steps // 4: a.sweep_steps]
+            sweep[f"{lr:g}"] = float(np.mean(tail))
+            r.close()
+            print(f"sweep {m} lr {lr:g}: mean loss over steps {a.sweep_steps - len(tail) + 1}-{a.sweep_steps} "
+                  f"{sweep[f'{lr:g}']:.4f} ({r.train_seconds:.0f} s)", flush=True)
+            save()
+        chosen[m] = float(min(sweep, key=lambda k: sweep[k] if np.isfinite(sweep[k]) else np.inf))
+    record["lr"] = chosen
 
-    for n, r in runs.items():
-        save_run(run_dirs[n], r["config"], r["state"], a.steps)
-    print(f"runs saved: {', '.join(str(d) for d in run_dirs.values())}")
+    runs = [Run(a, m, chosen[m], s, record["runs"], mesh) for s in seeds for m in models]
+    record["main_runs"] = sorted(set(record.get("main_runs", [])) | {r.name for r in runs})
+    for target in range(a.eval_every, a.steps + 1, a.eval_every):
+        for r in runs:
+            if a.time_budget and r.train_seconds >= a.time_budget and r.step < target:
+                continue
+            if r.step > target or any(e["step"] == target for e in r.rec["evals"]):
+                continue
+            r.train_to(target, source)
+            t0 = time.perf_counter()
+            samples = r.samples(a.num_eval_samples)
+            ev = {"step": target, "train_seconds": r.train_seconds, **score(samples, real, space),
+                  "loss": float(np.mean(r.losses[-a.eval_every:])), "eval_seconds": time.perf_counter() - t0}
+            r.rec["evals"].append(ev)
+            r.rec["losses"] = r.losses
+            if r.seed == seeds[0]:
+                out.mkdir(parents=True, exist_ok=True)
+                np.savez_compressed(out / f"samples_{r.model_name}.npz", images=samples)
+                images.save_grid(samples[:100], out / f"samples_{r.model_name}.png", scale=2)
+                r.rec["samples_step"] = target
+            print(f"{r.name} step {target}: loss {ev['loss']:.4f} FD {ev['fd']:.2f} prec {ev['precision']:.2f} "
+                  f"rec {ev['recall']:.2f} confident {ev['confident_fraction']:.2f} "
+                  f"({r.train_seconds:.0f} s training, {ev['eval_seconds']:.0f} s scoring)", flush=True)
+            save()
+        report(record, out)
+    for r in runs:
+        r.close()
+    report(record, out)
 
-    window = max(10, a.steps // 20)
-    summary = {}
-    for n, r in runs.items():
-        sm = smooth(r["losses"], window)
-        r["smoothed"] = sm
-        summary[n] = {"params": r["params"], "final_loss_smoothed": float(sm[-1]),
-                      "final_fd": r["evals"][-1]["fd"], "best_fd": min(e["fd"] for e in r["evals"]),
-                      "seconds_per_step": r["train_seconds"] / a.steps, "compile_seconds": r["compile_seconds"]}
-    reach = None
-    if {"cunet", "unet"} <= set(runs):
-        target = summary["unet"]["final_loss_smoothed"]
-        hit = np.nonzero(runs["cunet"]["smoothed"] <= target)[0]
-        reach = int(hit[0]) + 1 if hit.size else None
-        fd_target = summary["unet"]["final_fd"]
-        fd_hit = [e["step"] for e in runs["cunet"]["evals"] if e["fd"] <= fd_target]
-        summary["cunet_steps_to_unet_final_loss"] = reach
-        summary["cunet_seconds_to_unet_final_loss"] = (
-            None if reach is None else reach * summary["cunet"]["seconds_per_step"])
-        summary["cunet_first_eval_step_at_or_below_unet_final_fd"] = fd_hit[0] if fd_hit else None
-    if "unet" in runs:
-        for n in runs:
-            if n.startswith("cunet"):
-                summary[n]["final_fd_ratio_to_unet"] = summary[n]["final_fd"] / summary["unet"]["final_fd"]
+
+def final_scores(record: dict) -> tuple[int, dict]:
+    """The last step every main run was scored at, and each model's scores there per seed."""
+    main = [record["runs"][n] for n in record.get("main_runs", []) if record["runs"][n]["evals"]]
+    if not main:
+        return 0, {}
+    step = min(max(e["step"] for e in r["evals"]) for r in main)
+    per_model = {}
+    for r in main:
+        ev = next((e for e in r["evals"] if e["step"] == step), None)
+        if ev is not None:
+            per_model.setdefault(r["model"], []).append({"seed": r["seed"], **ev})
+    return step, per_model
+
+
+def report(record: dict, out: Path) -> None:
+    """The summary table (printed and stored in the JSON) and the plot."""
+    if not record.get("main_runs"):
+        return
+    step, per_model = final_scores(record)
+    floor = record["floor"]
+    summary = {"step": step, "floor_fd_mean": float(np.mean(floor["fd"])), "floor_fd_std": float(np.std(floor["fd"])),
+               "models": {}}
+    for m, rows in per_model.items():
+        s = {"seeds": [r["seed"] for r in rows], "lr": record["lr"][m],
+             "params": record["runs"][next(n for n in record["main_runs"] if record["runs"][n]["model"] == m)]["params"],
+             "train_seconds_mean": float(np.mean([r["train_seconds"] for r in rows]))}
+        for k in SCORES:
+            v = [r[k] for r in rows]
+            s[k + "_mean"], s[k + "_std"], s[k] = float(np.mean(v)), float(np.std(v)), v
+        s["fd_over_floor"] = s["fd_mean"] / summary["floor_fd_mean"]
+        summary["models"][m] = s
+    u = summary["models"].get("unet")
+    for m, s in summary["models"].items():
+        if u is None or m == "unet":
+            continue
+        # a ratio only where the seeds' ranges do not overlap
+        lo, hi = min(s["fd"]), max(s["fd"])
+        separated = hi < min(u["fd"]) or lo > max(u["fd"])
+        s["fd_ratio_to_unet"] = s["fd_mean"] / u["fd_mean"] if separated else None
+        reach = []
+        for n in record["main_runs"]:
+            r = record["runs"][n]
+            if r["model"] == m:
+                hit = next((e for e in sorted(r["evals"], key=lambda e: e["step"]) if e["fd"] <= u["fd_mean"]), None)
+                reach.append(None if hit is None else (hit["step"], hit["train_seconds"]))
+        s["reach_unet_final_fd"] = reach
+    record["summary"] = summary
+    write_json(out / "train_compare.json", {k: v for k, v in record.items() if k != "machine"})
+
+    rows = [["real data (train vs held-out)", "", "", f"{summary['floor_fd_mean']:.2f} ± {summary['floor_fd_std']:.2f}",
+             "1.0", f"{np.mean(floor['precision']):.3f} / {np.mean(floor['recall']):.3f}",
+             f"{np.mean(floor['confident_fraction']):.3f} / {np.mean(floor['confident_entropy']):.2f}", ""]]
+    for m, s in summary["models"].items():
+        rows.append([m, f"{s['params']:,}", f"{s['lr']:g}", f"{s['fd_mean']:.2f} ± {s['fd_std']:.2f}",
+                     f"{s['fd_over_floor']:.1f}", f"{s['precision_mean']:.3f} / {s['recall_mean']:.3f}",
+                     f"{s['confident_fraction_mean']:.3f} / {s['confident_entropy_mean']:.2f}",
+                     f"{s['train_seconds_mean']:.0f}"])
+    print(f"\nstep {step}, {len(next(iter(per_model.values()), []))} seeds, FD of "
+          f"{floor['num']} samples vs held-out (mean ± std over seeds)")
+    print(markdown_table(["model", "params", "lr", "FD", "FD / floor", "precision / recall",
+                          "p>=0.9 share / entropy (bits)", "training s"], rows), flush=True)
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
-    for n, r in runs.items():
-        cc = r["config"].model.cunet
-        label = n if n == "unet" else f"cunet ({cc.solver} x{cc.ode_steps})"
-        ax1.plot(np.arange(1, a.steps + 1), r["smoothed"], label=f"{label}, {r['params'] / 1e6:.2f} M")
-        ax2.plot([e["step"] for e in r["evals"]], [e["fd"] for e in r["evals"]], "o-", label=label)
-    ax1.set(xlabel="step", ylabel=f"training loss (moving average, {window} steps)", yscale="log")
-    ax2.set(xlabel="step", ylabel="FD (classifier features) vs held-out", yscale="log")
-    for ax in (ax1, ax2):
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
+    for ax, key, label in ((axes[0], "step", "training step"), (axes[1], "train_seconds", "training seconds")):
+        for m in per_model:
+            curves = [sorted(record["runs"][n]["evals"], key=lambda e: e["step"]) for n in record["main_runs"]
+                      if record["runs"][n]["model"] == m]
+            n = min(len(c) for c in curves)
+            x = np.mean([[e[key] for e in c[:n]] for c in curves], axis=0)
+            fd = np.array([[e["fd"] for e in c[:n]] for c in curves])
+            (line,) = ax.plot(x, fd.mean(0), "o-", ms=3, label=f"{m} ({len(curves)} seeds)")
+            ax.fill_between(x, fd.min(0), fd.max(0), color=line.get_color(), alpha=0.2)
+        f_lo, f_hi = min(floor["fd"]), max(floor["fd"])
+        ax.axhspan(f_lo, f_hi, color="k", alpha=0.15, label="real data (train vs held-out)")
+        ax.set(xlabel=label, ylabel="FD (classifier features) vs held-out", yscale="log")
         ax.grid(True, alpha=0.3)
-        ax.legend()
-    fig.suptitle(f"MNIST (idx, {len(source)} train images), batch {a.batch}, lr {a.lr}, equal steps")
+    axes[0].legend()
+    p = record["protocol"]
+    fig.suptitle(f"MNIST {p['image_size']}x{p['image_size']}, batch {p['batch']}, {floor['num']} DDIM-{p['eval_steps']} "
+                 f"samples per point (mean, min-max over seeds)")
     fig.tight_layout()
     fig.savefig(out / "train_compare.png")
     plt.close(fig)
 
-    rows = [[n, f"{s['params']:,}", f"{s['final_loss_smoothed']:.4f}", f"{s['final_fd']:.2f}", f"{s['best_fd']:.2f}",
-             f"{s['final_fd_ratio_to_unet']:.2f}" if "final_fd_ratio_to_unet" in s else "",
-             f"{1e3 * s['seconds_per_step']:.0f}"] for n, s in summary.items() if isinstance(s, dict)]
-    print(f"\nEqual budget: {a.steps} steps of batch {a.batch} on {machine()}; "
-          f"FD (classifier features, test accuracy {space.info['classifier_test_accuracy']:.3f}) "
-          f"of {a.num_eval_samples} DDIM-{a.eval_steps} samples vs {len(real)} held-out images")
-    print(markdown_table(["model", "params", f"final loss (avg {window})", "final FD", "best FD", "FD / U-Net FD",
-                          "ms / step"], rows))
-    if "cunet_steps_to_unet_final_loss" in summary:
-        print(f"cU-Net steps to reach the U-Net's final smoothed loss "
-              f"({summary['unet']['final_loss_smoothed']:.4f}): {reach if reach else 'not reached'}"
-              + (f" ({reach / a.steps:.0%} of the budget)" if reach else ""))
-    record = {"args": vars(a), "summary": summary, "window": window,
-              "runs": {n: {"losses": r["losses"], "evals": r["evals"], "params": r["params"],
-                           "config": json.loads(r["config"].to_json())} for n, r in runs.items()},
-              "feature_space": space.info}
-    write_json(out / "train_compare.json", record)
-    print(f"-> {out / 'train_compare.json'}, {out / 'train_compare.png'}")
-
-
-def save_run(workdir: Path, config, state, step: int) -> None:
-    """A run directory as train.py writes one: config.json and an orbax checkpoint."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config_to_json(config))
-    ckpt = Checkpointer(workdir, keep=1)
-    ckpt.save(step, state, checkpoint_meta(config, step), force=True)
-    ckpt.close()
-
 
 if __name__ == "__main__":
+    os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={os.cpu_count() or 1}")
     main()

@@ -48,12 +48,14 @@ INCEPTION_FD = "FID (Inception-v3 pool3, local weights)"
 
 @dataclasses.dataclass
 class FeatureSpace:
-    """How samples are embedded: `features(uint8 NHWC) -> [N, D]`, optional `predict` -> class ids."""
+    """How samples are embedded: `features(uint8 NHWC) -> [N, D]`; optional `predict` -> class
+    ids and `probabilities` -> [N, num_classes] class probabilities."""
 
     kind: str  # "classifier" | "inception"
     fd_label: str
     features: Callable[[np.ndarray], np.ndarray]
     predict: Callable[[np.ndarray], np.ndarray] | None = None
+    probabilities: Callable[[np.ndarray], np.ndarray] | None = None
     num_classes: int | None = None
     info: dict = dataclasses.field(default_factory=dict)
 
@@ -121,7 +123,7 @@ def feature_space(
             "grey datasets (digits, MNIST, Fashion-MNIST); for RGB data pass --inception_weights=<file.npz> "
             "(Inception-v3 pool3 weights converted with odediff.features.convert_torch_state_dict)"
         )
-    from odediff.features import classifier_features, classifier_predict, load_or_train_classifier
+    from odediff.features import classifier_features, classifier_logits, load_or_train_classifier
 
     test = data_lib.load_source(data_config, "test")
     train_x, train_idx = _all_images(train, max_train_images)
@@ -136,7 +138,8 @@ def feature_space(
     return FeatureSpace(
         kind="classifier", fd_label=CLASSIFIER_FD,
         features=lambda x: classifier_features(params, data_lib.to_model_range(x)),
-        predict=lambda x: classifier_predict(params, data_lib.to_model_range(x)),
+        predict=lambda x: np.argmax(classifier_logits(params, data_lib.to_model_range(x)), axis=-1),
+        probabilities=lambda x: np.asarray(jax.nn.softmax(classifier_logits(params, data_lib.to_model_range(x)))),
         num_classes=train.num_classes,
         info={"classifier_test_accuracy": accuracy, "classifier_cache": str(Path(cache_dir) / key),
               "classifier_train_images": int(len(train_x)), "classifier_test_images": int(len(test_x)),
@@ -153,15 +156,26 @@ def evaluate_samples(
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
     pr_k: int = 3,
+    confidence: float = 0.9,
 ) -> dict:
     """FD, KID (mean, std), precision, recall of uint8 NHWC `samples` against `real`,
     and the classifier's class histogram of both. With `reference` (other real
-    images, e.g. from the training split) also the real-vs-real FD floor."""
+    images, e.g. from the training split) also the real-vs-real FD floor.
+
+    With classifier features, KID is taken on features standardised by the real
+    images' per-dimension mean and std (the raw activations have no common scale), and
+    where the space gives class probabilities, `confident_fraction` is the share of
+    samples whose top class has probability >= `confidence`, and `confident_entropy`
+    the entropy (bits; log2(classes) when uniform) of those samples' class histogram."""
     samples, real = np.asarray(samples), np.asarray(real)
     if samples.dtype != np.uint8 or real.dtype != np.uint8:
         raise ValueError(f"evaluate_samples takes uint8 images, got {samples.dtype}, {real.dtype}")
     fs, fr = space.features(samples), space.features(real)
-    kid_m, kid_s = metrics.kernel_inception_distance(fs, fr, num_subsets=kid_subsets, subset_size=kid_subset_size)
+    ks, kr = fs, fr
+    if space.kind == "classifier":
+        mu, sd = fr.mean(0), fr.std(0) + 1e-6
+        ks, kr = (fs - mu) / sd, (fr - mu) / sd
+    kid_m, kid_s = metrics.kernel_inception_distance(ks, kr, num_subsets=kid_subsets, subset_size=kid_subset_size)
     k = min(pr_k, len(fs) - 1, len(fr) - 1)
     precision, recall = metrics.precision_recall(fr, fs, k=k)
     out = {
@@ -187,7 +201,21 @@ def evaluate_samples(
         out["class_histogram"] = [float(v) for v in hs]
         out["real_class_histogram"] = [float(v) for v in hr]
         out["class_histogram_tv"] = float(0.5 * np.abs(hs - hr).sum())  # total variation distance
+    if space.probabilities is not None:
+        out.update(confidence_stats(space.probabilities(samples), confidence))
+        out["real_confident_fraction"] = confidence_stats(space.probabilities(real), confidence)["confident_fraction"]
     return out
+
+
+def confidence_stats(probabilities: np.ndarray, confidence: float = 0.9) -> dict:
+    """The share of rows whose top class probability is >= `confidence`, and the entropy
+    (bits) of the class histogram of those rows (0 when there are none)."""
+    p = np.asarray(probabilities, np.float64)
+    sure = p.max(1) >= confidence
+    hist = np.bincount(p[sure].argmax(1), minlength=p.shape[1]) / max(int(sure.sum()), 1)
+    nz = hist[hist > 0]
+    return {"confidence": confidence, "confident_fraction": float(sure.mean()),
+            "confident_entropy": float(-(nz * np.log2(nz)).sum()), "confident_histogram": [float(v) for v in hist]}
 
 
 def format_metrics(result: dict) -> str:
@@ -196,7 +224,8 @@ def format_metrics(result: dict) -> str:
     if "fd_real_vs_real" in result:
         rows.append([f"{result['fd_label']}, real vs real (floor)", f"{result['fd_real_vs_real']:.3f}"])
     rows += [
-        ["KID", f"{result['kid_mean']:.4g} +- {result['kid_std']:.2g}"],
+        ["KID" + (" (standardised features)" if result["feature_space"] == "classifier" else ""),
+         f"{result['kid_mean']:.4g} +- {result['kid_std']:.2g}"],
         [f"precision (k={result['pr_k']})", f"{result['precision']:.3f}"],
         [f"recall (k={result['pr_k']})", f"{result['recall']:.3f}"],
     ]
@@ -204,6 +233,9 @@ def format_metrics(result: dict) -> str:
         rows.append(["class histogram (samples)", " ".join(f"{v:.2f}" for v in result["class_histogram"])])
         rows.append(["class histogram (real)", " ".join(f"{v:.2f}" for v in result["real_class_histogram"])])
         rows.append(["histogram total variation", f"{result['class_histogram_tv']:.3f}"])
+    if "confident_fraction" in result:
+        rows.append([f"samples classified with p >= {result['confidence']}", f"{result['confident_fraction']:.3f}"])
+        rows.append(["entropy of their class histogram (bits)", f"{result['confident_entropy']:.3f}"])
     if "classifier_test_accuracy" in result:
         rows.append(["feature classifier test accuracy", f"{result['classifier_test_accuracy']:.4f}"])
     lines = ["| metric | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows]
