@@ -41,7 +41,8 @@ from odediff.models import build_denoiser  # noqa: E402
 from odediff.parallel import batch_sharded, make_mesh, replicated  # noqa: E402
 from odediff.samplers import ddim_sample  # noqa: E402
 from odediff.schedule import make_schedule  # noqa: E402
-from odediff.training import create_train_state, make_optimizer, train_step  # noqa: E402
+from odediff.train_state import create_train_state, make_optimizer  # noqa: E402
+from odediff.training import make_train_step  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = {"euler": 1, "heun": 2, "midpoint": 2, "rk4": 4}
@@ -173,7 +174,7 @@ def main() -> None:
             state = jax.device_put(create_train_state(m, tx, c, jax.random.key(0)), params_sharding)
             xb, _ = inputs(c, a.batch)
             tc = time.perf_counter()
-            comp = jax.jit(lambda s, b, m=m, tx=tx, sched=sched, c=c: train_step(m, tx, sched, c, s, b)).lower(state, xb).compile()
+            comp = jax.jit(make_train_step(m, tx, sched, c)).lower(state, xb).compile()
             rec[name]["compile_train_step_s"] = time.perf_counter() - tc
             rec[name][f"train_step_peak_bytes_xla_batch{a.batch}"] = memory(comp)
             rec[name]["train_step_gflop"] = cost(comp).get("flops", float("nan")) / 1e9

@@ -60,8 +60,9 @@ from odediff.config import config_differences, config_to_json, load_config_file 
 from odediff.evaluation import _all_images, evaluate_samples, feature_space  # noqa: E402
 from odediff.models import build_denoiser  # noqa: E402
 from odediff.schedule import make_schedule  # noqa: E402
-from odediff.training import (abstract_train_state, checkpoint_meta, create_train_state,  # noqa: E402
-                              make_optimizer, make_sample_fn, train_step)
+from odediff.generation import make_sample_fn  # noqa: E402
+from odediff.train_state import abstract_train_state, create_train_state, make_optimizer  # noqa: E402
+from odediff.training import checkpoint_meta, make_train_step  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = {"unet": ("unet", None), "cunet_rk4": ("cunet", "rk4"), "cunet_heun": ("cunet", "heun")}
@@ -143,7 +144,7 @@ class Run:
             return
         c = self.config
         if self._step_fn is None:
-            fn = jax.jit(lambda s, b: train_step(self.model, self.tx, self.schedule, c, s, b),
+            fn = jax.jit(make_train_step(self.model, self.tx, self.schedule, c),
                          out_shardings=(self.rep, self.rep), donate_argnums=0)
             b0 = parallel.global_batch(data_lib.get_batch(source, c.data, c.training.batch_size, c.seed, 0), self.mesh)
             self._step_fn = fn.lower(self.state, b0).compile()

@@ -1,4 +1,4 @@
-"""Orbax checkpoints under <workdir>/checkpoints: train state plus a JSON record (config, step, data position)."""
+"""Orbax checkpoints under <workdir>/checkpoints: train state plus a JSON record (config, step, format version)."""
 
 import logging
 import os
@@ -18,10 +18,34 @@ from odediff import parallel
 log = logging.getLogger(__name__)
 
 COMMIT_FILE = "commit_success.txt"  # orbax writes it last, in every step it finishes
+# Bumped whenever the function that the same saved parameters compute changes.
+# 1: the cU-Net's `field` option exists (records without a version but with it are 1).
+FORMAT_VERSION = 1
 
 
 class CheckpointError(RuntimeError):
     """No usable checkpoint where one was needed, with the reason."""
+
+
+class FormatError(CheckpointError):
+    """A checkpoint written in another format version: intact, but not for this odediff."""
+
+
+def check_format(meta: dict, where: str) -> None:
+    """Raises FormatError, saying what to do, unless `meta` (a checkpoint's JSON record)
+    is of FORMAT_VERSION."""
+    version = meta.get("format_version")
+    if version is None:  # written before versions existed
+        version = 1 if "field" in meta.get("config", {}).get("model", {}).get("cunet", {}) else 0
+    if version == FORMAT_VERSION:
+        return
+    if version < FORMAT_VERSION:
+        raise FormatError(
+            f"{where} has checkpoint format {version}, and this odediff reads format {FORMAT_VERSION}: its "
+            f"parameters compute another function here (before format 1 the cU-Net's vector field was the "
+            f"release's). Sample it with the odediff release that wrote it, or train a new run")
+    raise FormatError(f"{where} has checkpoint format {version}, newer than this odediff's {FORMAT_VERSION}: "
+                      f"upgrade odediff to read it")
 
 
 def checkpoint_dir(workdir: str | Path) -> Path:
@@ -55,7 +79,7 @@ class Checkpointer:
         """The state at `step`, shaped and sharded like `abstract_state`, and its JSON record.
         Raises CheckpointError saying why when the step is unfinished, unreadable, corrupted
         or does not fit `abstract_state`."""
-        self._check_committed(step)
+        check_format(self.read_meta(step), f"checkpoint step {step} in {self.directory}")
         args = ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
         )
@@ -98,6 +122,8 @@ class Checkpointer:
         for step in reversed(steps):
             try:
                 state, meta = self.restore(step, abstract_state)
+            except FormatError:
+                raise
             except CheckpointError as e:
                 reasons.append(f"step {step}: {e}")
                 log.warning("checkpoint step %d in %s is unusable (%s); trying an older one", step, self.directory, e)
@@ -118,9 +144,6 @@ class Checkpointer:
             log.warning("moved unusable checkpoint steps %s in %s aside to <step>.unusable-<time>", steps, self.directory)
         ocp.multihost.sync_global_processes("odediff_move_unusable_checkpoints")
         self._manager.reload()
-
-    def wait(self) -> None:
-        self._manager.wait_until_finished()
 
     def close(self) -> None:
         self._manager.wait_until_finished()

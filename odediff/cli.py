@@ -1,5 +1,6 @@
 """The command-line programs behind train.py and sample.py: flags, errors, exit codes."""
 
+import importlib.resources
 import re
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from odediff.checkpoint import CheckpointError
 from odediff.config import ConfigError
 from odediff.data import DataError
 
-REPO = Path(__file__).resolve().parent.parent
+CONFIGS = importlib.resources.files("odediff.configs")  # the repository's configs/, installed with the package
 USAGE_ERRORS = (ConfigError, DataError, CheckpointError, FileExistsError)
 
 
@@ -57,25 +58,42 @@ def run_main(prog: str, main) -> None:
 # ---------------------------------------------------------------------------- train.py
 
 
-def _check_config_file(argv: list[str]) -> None:
-    """A missing --config file, which ml_collections reports only later and obscurely."""
+def packaged_configs() -> dict[str, Path]:
+    """The configs that ship with odediff, by file name."""
+    return {p.name: Path(str(p)) for p in CONFIGS.iterdir() if p.name.endswith(".py") and p.name != "__init__.py"}
+
+
+def resolve_config_arg(argv: list[str]) -> list[str]:
+    """argv with --config naming an existing file, or a shipped config by its name
+    (configs/mnist.py, mnist.py or mnist, found in the package when not on disk here);
+    anything else fails with one line listing the shipped configs."""
+    out = list(argv)
     for i, arg in enumerate(argv):
         if arg.startswith(("--config=", "-config=")):
-            value = arg.split("=", 1)[1]
+            flag, value = arg.split("=", 1)
+            where = lambda v, i=i, flag=flag: out.__setitem__(i, f"{flag}={v}")
         elif arg in ("--config", "-config") and i + 1 < len(argv):
             value = argv[i + 1]
+            where = lambda v, i=i: out.__setitem__(i + 1, v)
         else:
             continue
-        if not Path(value.split(":")[0]).is_file():
-            configs = ", ".join(sorted(f"configs/{p.name}" for p in (REPO / "configs").glob("*.py")))
-            _fail("train.py", f"config file {value} does not exist: pass one of {configs}")
+        path, _, rest = value.partition(":")
+        if Path(path).is_file():
+            continue
+        shipped = packaged_configs()
+        name = Path(path).name if path.endswith(".py") else f"{Path(path).name}.py"
+        if name not in shipped:
+            names = ", ".join(f"configs/{n}" for n in sorted(shipped))
+            _fail("train.py", f"config file {value} does not exist: pass a path to one, or one of {names}")
+        where(str(shipped[name]) + (f":{rest}" if rest else ""))
+    return out
 
 
 def define_train_flags() -> None:
-    _check_config_file(sys.argv)
+    sys.argv[:] = resolve_config_arg(sys.argv)
     try:  # without --config, ml_collections applies the --config.* overrides right here
         config_flags.DEFINE_config_file(
-            "config", str(REPO / "configs" / "digits.py"),
+            "config", str(packaged_configs()["digits.py"]),
             "A configs/<name>.py file; override fields with --config.a.b=value.", lock_config=True,
         )
     except Exception as e:
@@ -131,3 +149,17 @@ def sample_main() -> None:
     png, npz = write_samples(samples, out)
     print(f"{f.num} samples from step {step} ({sampler}, {nfe} evaluations) in {seconds:.2f} s "
           f"= {f.num / seconds:.2f} samples/s -> {png}, {npz}")
+
+
+def train_entry() -> None:
+    """The `odediff-train` command (train.py)."""
+    define_train_flags()
+    parse_flags("train.py", sys.argv)
+    run_main("train.py", train_main)
+
+
+def sample_entry() -> None:
+    """The `odediff-sample` command (sample.py)."""
+    define_sample_flags()
+    parse_flags("sample.py", sys.argv)
+    run_main("sample.py", sample_main)

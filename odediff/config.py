@@ -113,19 +113,6 @@ def config_to_json(config: ml_collections.ConfigDict) -> str:
     return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)
 
 
-def saved_config(saved: Mapping[str, Any]) -> ml_collections.ConfigDict:
-    """A config stored with a checkpoint, with keys added since filled in as the run had
-    them: runs saved before `model.cunet.field` existed used the release's field."""
-    config = ml_collections.ConfigDict(saved)
-    if "cunet" in config.model and "field" not in config.model.cunet:
-        config.model.cunet.field = "release"
-    return config
-
-
-def config_from_json(text: str) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(json.loads(text))
-
-
 def config_differences(saved: Mapping[str, Any], config: ml_collections.ConfigDict) -> list[str]:
     """Keys whose values differ between a saved config and this one, ignoring resumable keys."""
     a, b = flatten(saved), flatten(json.loads(config_to_json(config)))

@@ -37,7 +37,8 @@ import numpy as np
 from odediff import data as data_lib
 from odediff import metrics
 from odediff.config import ConfigError
-from odediff.schedule import PREDICTIONS, Schedule, posterior_between
+from odediff.samplers import ancestral_step, ddim_step
+from odediff.schedule import Schedule, log_sigmas
 
 CLASSIFIER_FD = "FD (classifier features)"
 INCEPTION_FD = "FID (Inception-v3 pool3, local weights)"
@@ -300,21 +301,7 @@ def matching_step(schedule: Schedule, eps: float) -> int:
     model's [-1, 1] range, and sqrt(ab_t*) (x + 2 eps n) is then distributed as x_t*."""
     if eps <= 0:
         raise ValueError(f"eps must be positive, got {eps}")
-    ab = np.asarray(schedule.alphas_cumprod, np.float64)
-    log_sigma = 0.5 * (np.log1p(-ab) - np.log(ab))
-    return int(np.argmin(np.abs(log_sigma - np.log(2.0 * eps))))
-
-
-def _x0_estimate(out, x, sa, sb, prediction):
-    if prediction == "eps":
-        x0 = (x - sb * out) / sa
-    elif prediction == "x0":
-        x0 = out
-    elif prediction == "v":
-        x0 = sa * x - sb * out
-    else:
-        raise ValueError(f"unknown prediction {prediction!r}: use one of {PREDICTIONS}")
-    return jnp.clip(x0, -1.0, 1.0)
+    return int(np.argmin(np.abs(np.asarray(log_sigmas(schedule), np.float64) - np.log(2.0 * eps))))
 
 
 def _make_chain(apply_fn, schedule: Schedule, prediction: str, t_star: int, num_steps: int, sampler: str):
@@ -322,27 +309,16 @@ def _make_chain(apply_fn, schedule: Schedule, prediction: str, t_star: int, num_
     if sampler not in ("ancestral", "ddim"):
         raise ValueError(f"denoise sampler must be ancestral or ddim, got {sampler!r}")
     ts = jnp.arange(t_star, t_star - num_steps, -1, dtype=jnp.int32)
-    ab_all = schedule.alphas_cumprod
+    step_fn = ancestral_step if sampler == "ancestral" else ddim_step
 
     @jax.jit
     def chain(params, x, key):
         def step(x, a):
             t, key = a
-            ab = ab_all[t]
-            ab_prev = jnp.where(t > 0, ab_all[jnp.maximum(t - 1, 0)], 1.0)
-            sa, sb = jnp.sqrt(ab), jnp.sqrt(1.0 - ab)
-            out = apply_fn(params, x, jnp.broadcast_to(t, x.shape[:1]))
-            x0 = _x0_estimate(out, x, sa, sb, prediction)
-            if sampler == "ancestral":
-                mean, var = posterior_between(ab, ab_prev, schedule.betas[t], x0, x)
-                x = mean + jnp.sqrt(var) * jax.random.normal(key, x.shape, x.dtype)
-            else:
-                eps_hat = (x - sa * x0) / sb
-                x = jnp.sqrt(ab_prev) * x0 + jnp.sqrt(1.0 - ab_prev) * eps_hat
-            return x, x0
+            return step_fn(apply_fn, params, schedule, x, t, t - 1, key, prediction, clip=True)
 
         _, x0s = jax.lax.scan(step, x, (ts, jax.random.split(key, num_steps)))
-        return x0s
+        return jnp.clip(x0s, -1.0, 1.0)
 
     return chain
 

@@ -1,5 +1,6 @@
-"""Sampling from a trained run: restore its config and EMA params, generate, write files."""
+"""Sampling from a trained run: a compiled sampler, restoring a run's config and EMA params, generating, writing files."""
 
+import functools
 import time
 from pathlib import Path
 
@@ -8,11 +9,48 @@ import ml_collections
 import numpy as np
 
 from odediff import data, images, parallel
-from odediff.checkpoint import CheckpointError, Checkpointer, checkpoint_dir
-from odediff.config import ConfigError, saved_config
+from odediff.checkpoint import CheckpointError, Checkpointer, FormatError, check_format, checkpoint_dir
+from odediff.config import ConfigError
 from odediff.models import build_denoiser
-from odediff.schedule import make_schedule
-from odediff.training import abstract_train_state, make_optimizer, make_sample_fn
+from odediff.samplers import SAMPLERS, sample
+from odediff.schedule import Schedule, make_schedule
+from odediff.train_state import abstract_train_state, make_optimizer
+
+
+def input_shape(config: ml_collections.ConfigDict, batch: int) -> tuple[int, int, int, int]:
+    """(batch, H, W, C) of the images a config's model takes."""
+    return (batch, config.data.image_size, config.data.image_size, config.data.channels)
+
+
+def make_sample_fn(model, schedule: Schedule, config, num: int, sampler: str | None = None,
+                   num_steps: int | None = None, mesh: jax.sharding.Mesh | None = None, **options):
+    """A jitted `(params, key) -> (images in [-1, 1], nfe)` for the chosen sampler (extra
+    `options` go to it, e.g. solver="heun" for "ode"); num_steps 0 means the adaptive
+    probability-flow ODE (sampler "ode").
+
+    Where `num` splits evenly over the mesh's devices (default: all of them) each device
+    denoises its share of the batch; the images come back replicated. Params must be
+    replicated on the mesh or uncommitted."""
+    name = sampler or config.sampling.sampler
+    if name not in SAMPLERS:
+        raise ConfigError(f"unknown sampler {name!r}: use one of {sorted(SAMPLERS)}")
+    steps = config.sampling.num_steps if num_steps is None else num_steps
+    if steps == 0 and name != "ode":
+        raise ConfigError(f"0 steps (adaptive) is only for the 'ode' sampler, not {name!r}")
+    if name == "ddim":
+        options = {"eta": config.sampling.eta, **options}
+    mesh = mesh or parallel.make_mesh()
+    split = parallel.batch_sharded(mesh) if num % mesh.size == 0 else parallel.replicated(mesh)
+
+    def apply(p, x, t):
+        return model.apply({"params": p}, jax.lax.with_sharding_constraint(x, split), t)
+
+    @functools.partial(jax.jit, out_shardings=parallel.replicated(mesh))
+    def sample_fn(params, key):
+        return sample(name, apply, params, key, input_shape(config, num), schedule, steps or None,
+                      prediction=config.diffusion.prediction, **options)
+
+    return sample_fn
 
 
 def restore_run(workdir: str | Path, step: int | None = None) -> tuple[ml_collections.ConfigDict, object, int]:
@@ -28,10 +66,14 @@ def restore_run(workdir: str | Path, step: int | None = None) -> tuple[ml_collec
         raise CheckpointError(f"there is no checkpoint at step {step} in {ckpt.directory}; steps there: {steps}")
     step = steps[-1] if step is None else step
     try:
-        config = saved_config(ckpt.read_meta(step)["config"])
+        meta = ckpt.read_meta(step)
+        check_format(meta, f"checkpoint step {step} in {ckpt.directory}")
+        config = ml_collections.ConfigDict(meta["config"])
         abstract = abstract_train_state(build_denoiser(config.model), make_optimizer(config.training), config,
                                         parallel.replicated(parallel.make_mesh()))
         state, _ = ckpt.restore(step, abstract)
+    except FormatError:
+        raise
     except CheckpointError as e:
         raise CheckpointError(f"checkpoint step {step} in {ckpt.directory} is unusable: {e}") from e
     finally:

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from odediff.models.ode import ADAPTIVE, SOLVERS
-from odediff.schedule import PREDICTIONS, Schedule, posterior_between
+from odediff.schedule import Schedule, alpha_bar, log_sigmas, posterior_between, x0_eps
 
 ApplyFn = Callable[[object, jax.Array, jax.Array], jax.Array]
 SPACINGS = ("time_uniform", "logsnr", "time_quadratic")
@@ -31,17 +31,6 @@ def timesteps(num_timesteps: int, num_steps: int) -> jax.Array:
         raise ValueError(f"num_steps must be in [1, {num_timesteps}], got {num_steps}")
     ts = jnp.round(jnp.linspace(0.0, num_timesteps - 1, num_steps)).astype(jnp.int32)
     return ts[::-1]
-
-
-def _alpha_bar(s: Schedule, t: jax.Array) -> jax.Array:
-    """alpha_bar at step t, with alpha_bar(-1) = 1 (the clean data)."""
-    return jnp.where(t >= 0, s.alphas_cumprod[jnp.maximum(t, 0)], 1.0)
-
-
-def log_sigmas(s: Schedule) -> jax.Array:
-    """log sigma_t = log(sqrt(1 - alpha_bar_t) / sqrt(alpha_bar_t)) = -lambda_t, increasing in t."""
-    ab = s.alphas_cumprod
-    return 0.5 * (jnp.log1p(-ab) - jnp.log(ab))
 
 
 def _scales(log_sigma: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -59,15 +48,7 @@ def _noise(key: jax.Array, shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array
 
 def _denoise(apply_fn, params, x, t, sa, sb, prediction, clip):
     """(x0, eps) estimates for x at noise level (sa, sb) from the model output at step t."""
-    out = apply_fn(params, x, jnp.broadcast_to(t, x.shape[:1]))
-    if prediction == "eps":
-        x0, eps = (x - sb * out) / sa, out
-    elif prediction == "x0":
-        x0, eps = out, (x - sa * out) / sb
-    elif prediction == "v":
-        x0, eps = sa * x - sb * out, sa * out + sb * x
-    else:
-        raise ValueError(f"unknown prediction {prediction!r}: use one of {PREDICTIONS}")
+    x0, eps = x0_eps(apply_fn(params, x, jnp.broadcast_to(t, x.shape[:1])), x, sa, sb, prediction)
     if clip:
         x0 = jnp.clip(x0, -1.0, 1.0)
         eps = (x - sa * x0) / sb
@@ -84,8 +65,31 @@ def _reverse(step, key, shape, s, num_steps):
 
 
 def _denoise_at(apply_fn, params, s, x, t, prediction, clip):
-    ab = _alpha_bar(s, t)
+    ab = alpha_bar(s, t)
     return _denoise(apply_fn, params, x, t, jnp.sqrt(ab), jnp.sqrt(1.0 - ab), prediction, clip)
+
+
+def ancestral_step(apply_fn: ApplyFn, params, s: Schedule, x: jax.Array, t: jax.Array, t_prev: jax.Array,
+                   key: jax.Array, prediction: str = "eps", clip: bool = True) -> tuple[jax.Array, jax.Array]:
+    """One DDPM step from step t to t_prev < t (t_prev = -1: the data): x_prev ~ q(x_prev | x_t,
+    x0_hat), the betas between respaced steps recomputed from alpha_bar. Returns (x_prev, x0_hat)."""
+    x0, _ = _denoise_at(apply_fn, params, s, x, t, prediction, clip)
+    ab, ab_prev = alpha_bar(s, t), alpha_bar(s, t_prev)
+    beta = jnp.where(t_prev == t - 1, s.betas[t], 1.0 - ab / ab_prev)
+    mean, var = posterior_between(ab, ab_prev, beta, x0, x)
+    return mean + jnp.sqrt(var) * jax.random.normal(key, x.shape, x.dtype), x0
+
+
+def ddim_step(apply_fn: ApplyFn, params, s: Schedule, x: jax.Array, t: jax.Array, t_prev: jax.Array,
+              key: jax.Array, prediction: str = "eps", clip: bool = True, eta: float = 0.0) -> tuple[jax.Array, jax.Array]:
+    """One DDIM step from step t to t_prev < t (Song et al. 2021; eta = 0 deterministic).
+    Returns (x_prev, x0_hat)."""
+    x0, eps = _denoise_at(apply_fn, params, s, x, t, prediction, clip)
+    ab, ab_prev = alpha_bar(s, t), alpha_bar(s, t_prev)
+    sigma = eta * jnp.sqrt((1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev))
+    direction = jnp.sqrt(jnp.maximum(1.0 - ab_prev - sigma**2, 0.0)) * eps
+    noise = sigma * jax.random.normal(key, x.shape, x.dtype)
+    return jnp.sqrt(ab_prev) * x0 + direction + noise, x0
 
 
 def ancestral_sample(
@@ -106,11 +110,7 @@ def ancestral_sample(
     num_steps = num_steps or schedule.num_timesteps
 
     def step(x, t, t_prev, key):
-        x0, _ = _denoise_at(apply_fn, params, schedule, x, t, prediction, clip)
-        ab, ab_prev = _alpha_bar(schedule, t), _alpha_bar(schedule, t_prev)
-        beta = jnp.where(t_prev == t - 1, schedule.betas[t], 1.0 - ab / ab_prev)
-        mean, var = posterior_between(ab, ab_prev, beta, x0, x)
-        return mean + jnp.sqrt(var) * jax.random.normal(key, x.shape, x.dtype)
+        return ancestral_step(apply_fn, params, schedule, x, t, t_prev, key, prediction, clip)[0]
 
     return _reverse(step, key, shape, schedule, num_steps)
 
@@ -129,12 +129,7 @@ def ddim_sample(
     """DDIM (Song et al. 2021); eta = 0 is deterministic, eta = 1 matches ancestral."""
 
     def step(x, t, t_prev, key):
-        x0, eps = _denoise_at(apply_fn, params, schedule, x, t, prediction, clip)
-        ab, ab_prev = _alpha_bar(schedule, t), _alpha_bar(schedule, t_prev)
-        sigma = eta * jnp.sqrt((1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev))
-        direction = jnp.sqrt(jnp.maximum(1.0 - ab_prev - sigma**2, 0.0)) * eps
-        noise = sigma * jax.random.normal(key, x.shape, x.dtype)
-        return jnp.sqrt(ab_prev) * x0 + direction + noise
+        return ddim_step(apply_fn, params, schedule, x, t, t_prev, key, prediction, clip, eta)[0]
 
     return _reverse(step, key, shape, schedule, num_steps)
 

@@ -75,29 +75,27 @@ def target(s: Schedule, x0: jax.Array, t: jax.Array, noise: jax.Array, predictio
     raise ValueError(f"unknown prediction {prediction!r}: use one of {PREDICTIONS}")
 
 
-def predict_x0_eps(
-    s: Schedule, x_t: jax.Array, t: jax.Array, out: jax.Array, prediction: str
-) -> tuple[jax.Array, jax.Array]:
-    """Turns a denoiser output of the given prediction type into (x0, eps) estimates."""
-    ab = _bcast(s.alphas_cumprod, t, x_t.ndim)
-    sa, sb = jnp.sqrt(ab), jnp.sqrt(1.0 - ab)
+def alpha_bar(s: Schedule, t: jax.Array) -> jax.Array:
+    """alpha_bar at step t, with alpha_bar(-1) = 1 (the clean data)."""
+    return jnp.where(t >= 0, s.alphas_cumprod[jnp.maximum(t, 0)], 1.0)
+
+
+def log_sigmas(s: Schedule) -> jax.Array:
+    """log sigma_t = log(sqrt(1 - alpha_bar_t) / sqrt(alpha_bar_t)) = -lambda_t, increasing in t."""
+    ab = s.alphas_cumprod
+    return 0.5 * (jnp.log1p(-ab) - jnp.log(ab))
+
+
+def x0_eps(out: jax.Array, x_t: jax.Array, sa: jax.Array, sb: jax.Array, prediction: str) -> tuple[jax.Array, jax.Array]:
+    """(x0, eps) estimates from a denoiser output of the given prediction type for x_t at
+    the noise level sa = sqrt(alpha_bar), sb = sqrt(1 - alpha_bar)."""
     if prediction == "eps":
         return (x_t - sb * out) / sa, out
     if prediction == "x0":
         return out, (x_t - sa * out) / sb
     if prediction == "v":
-        x0 = sa * x_t - sb * out
-        return x0, sa * out + sb * x_t
+        return sa * x_t - sb * out, sa * out + sb * x_t
     raise ValueError(f"unknown prediction {prediction!r}: use one of {PREDICTIONS}")
-
-
-def posterior(
-    s: Schedule, x0: jax.Array, x_t: jax.Array, t: jax.Array
-) -> tuple[jax.Array, jax.Array]:
-    """Mean and variance of q(x_{t-1} | x_t, x0) (Ho et al. eq. 6-7); variance 0 at t = 0."""
-    ab = _bcast(s.alphas_cumprod, t, x_t.ndim)
-    ab_prev = jnp.where(t > 0, s.alphas_cumprod[jnp.maximum(t - 1, 0)], 1.0)
-    return posterior_between(ab, ab_prev.reshape(ab.shape), _bcast(s.betas, t, x_t.ndim), x0, x_t)
 
 
 def posterior_between(

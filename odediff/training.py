@@ -5,15 +5,13 @@ continues exactly as if it had never stopped.
 """
 
 import contextlib
-import functools
 import json
 import logging
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Callable
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -21,72 +19,19 @@ import numpy as np
 import optax
 
 from odediff import data, images, parallel
-from odediff.checkpoint import Checkpointer
+from odediff.checkpoint import FORMAT_VERSION, Checkpointer
 from odediff.config import ConfigError, check_config, config_differences, config_to_json
+from odediff.generation import make_sample_fn
 from odediff.models import build_denoiser
-from odediff.samplers import SAMPLERS, sample
 from odediff.schedule import Schedule, diffusion_loss, make_schedule
+from odediff.train_state import (TrainState, abstract_train_state, create_train_state, learning_rate_schedule,
+                                 make_optimizer)
 
 log = logging.getLogger(__name__)
 
 
 class NonFiniteError(RuntimeError):
     """Training met a non-finite loss or gradient and was configured to stop."""
-
-
-@flax.struct.dataclass
-class TrainState:
-    step: jax.Array
-    params: Any
-    ema_params: Any
-    opt_state: Any
-    first_nonfinite: jax.Array  # the first step whose update was refused, -1 if none
-    num_nonfinite: jax.Array
-
-
-def learning_rate_schedule(tc: ml_collections.ConfigDict) -> optax.Schedule:
-    """Linear warmup, then constant or cosine decay to zero at num_steps."""
-    warmup = optax.linear_schedule(0.0, tc.learning_rate, max(tc.warmup_steps, 1))
-    if tc.lr_schedule == "constant":
-        after = optax.constant_schedule(tc.learning_rate)
-    elif tc.lr_schedule == "cosine":
-        after = optax.cosine_decay_schedule(tc.learning_rate, max(tc.num_steps - tc.warmup_steps, 1))
-    else:
-        raise ConfigError(f"training.lr_schedule={tc.lr_schedule!r}: use constant or cosine")
-    return optax.join_schedules([warmup, after], [tc.warmup_steps])
-
-
-def make_optimizer(tc: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Adam or AdamW with global-norm clipping."""
-    lr = learning_rate_schedule(tc)
-    if tc.optimizer == "adam":
-        opt = optax.adam(lr, b1=tc.b1, b2=tc.b2)
-    elif tc.optimizer == "adamw":
-        opt = optax.adamw(lr, b1=tc.b1, b2=tc.b2, weight_decay=tc.weight_decay)
-    else:
-        raise ConfigError(f"training.optimizer={tc.optimizer!r}: use adam or adamw")
-    return optax.chain(optax.clip_by_global_norm(tc.grad_clip), opt) if tc.grad_clip > 0 else opt
-
-
-def input_shape(config: ml_collections.ConfigDict, batch: int) -> tuple[int, int, int, int]:
-    return (batch, config.data.image_size, config.data.image_size, config.data.channels)
-
-
-def init_params(model, config: ml_collections.ConfigDict, key: jax.Array) -> Any:
-    x = jnp.zeros(input_shape(config, 1), jnp.float32)
-    return model.init(key, x, jnp.zeros((1,), jnp.int32))["params"]
-
-
-def create_train_state(model, tx: optax.GradientTransformation, config, key: jax.Array) -> TrainState:
-    params = init_params(model, config, key)
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        ema_params=params,
-        opt_state=tx.init(params),
-        first_nonfinite=jnp.full((), -1, jnp.int32),
-        num_nonfinite=jnp.zeros((), jnp.int32),
-    )
 
 
 def ema_decay(decay: float, step: jax.Array) -> jax.Array:
@@ -98,33 +43,32 @@ def ema_decay(decay: float, step: jax.Array) -> jax.Array:
 
 
 def train_step(
-    model, tx: optax.GradientTransformation, schedule: Schedule, config, state: TrainState, batch: jax.Array
+    apply_fn: Callable, tx: optax.GradientTransformation, schedule: Schedule, state: TrainState, batch: jax.Array,
+    key: jax.Array, *, prediction: str = "eps", ema: float = 0.999, stop_on_nonfinite: bool = True,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One update. A non-finite loss or gradient leaves params, EMA and optimizer untouched;
-    with training.nonfinite == "stop" every later update is refused too."""
-    key = jax.random.fold_in(jax.random.split(jax.random.key(config.seed))[1], state.step)
+    """One update of `state` on a batch of images in [-1, 1], usable from any JAX code.
+
+    `apply_fn(params, x, t, key)` is the denoiser in training mode (`key` for its dropout);
+    `key` draws the diffusion steps, the noise and the dropout. The EMA decay is warmed up
+    (`ema_decay`). A non-finite loss or gradient leaves params, EMA and optimizer untouched;
+    with `stop_on_nonfinite` every later update is refused too."""
     k_loss, k_dropout = jax.random.split(key)
-
-    def apply(p, x, t):
-        return model.apply({"params": p}, x, t, train=True, rngs={"dropout": k_dropout})
-
     loss, grads = jax.value_and_grad(
-        lambda p: diffusion_loss(apply, p, schedule, batch, k_loss, config.diffusion.prediction)
+        lambda p: diffusion_loss(lambda p_, x, t: apply_fn(p_, x, t, k_dropout), p, schedule, batch, k_loss, prediction)
     )(state.params)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     with jax.numpy_dtype_promotion("standard"):  # optax mixes int32 counts with floats
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    d = ema_decay(config.training.ema_decay, state.step)
-    ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state.ema_params, params)
-    stopped = (state.first_nonfinite >= 0) & (config.training.nonfinite == "stop")
-    accept = finite & ~stopped
+    d = ema_decay(ema, state.step)
+    new_ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state.ema_params, params)
+    accept = finite & ~((state.first_nonfinite >= 0) & stop_on_nonfinite)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(accept, a, b), new, old)
     new_state = TrainState(
         step=state.step + 1,
         params=keep(params, state.params),
-        ema_params=keep(ema, state.ema_params),
+        ema_params=keep(new_ema, state.ema_params),
         opt_state=keep(opt_state, state.opt_state),
         first_nonfinite=jnp.where((state.first_nonfinite < 0) & ~finite, state.step, state.first_nonfinite),
         num_nonfinite=state.num_nonfinite + (~finite).astype(jnp.int32),
@@ -132,35 +76,19 @@ def train_step(
     return new_state, {"loss": loss, "grad_norm": grad_norm}
 
 
-def make_sample_fn(model, schedule: Schedule, config, num: int, sampler: str | None = None,
-                   num_steps: int | None = None, mesh: jax.sharding.Mesh | None = None, **options):
-    """A jitted `(params, key) -> (images in [-1, 1], nfe)` for the chosen sampler (extra
-    `options` go to it, e.g. solver="heun" for "ode"); num_steps 0 means the adaptive
-    probability-flow ODE (sampler "ode").
+def make_train_step(model, tx: optax.GradientTransformation, schedule: Schedule, config: ml_collections.ConfigDict):
+    """`(state, batch) -> (state, metrics)`: `train_step` with the model and settings of a
+    config, its key a function of (config.seed, state.step)."""
 
-    Where `num` splits evenly over the mesh's devices (default: all of them) each device
-    denoises its share of the batch; the images come back replicated. Params must be
-    replicated on the mesh or uncommitted."""
-    name = sampler or config.sampling.sampler
-    if name not in SAMPLERS:
-        raise ConfigError(f"unknown sampler {name!r}: use one of {sorted(SAMPLERS)}")
-    steps = config.sampling.num_steps if num_steps is None else num_steps
-    if steps == 0 and name != "ode":
-        raise ConfigError(f"0 steps (adaptive) is only for the 'ode' sampler, not {name!r}")
-    if name == "ddim":
-        options = {"eta": config.sampling.eta, **options}
-    mesh = mesh or parallel.make_mesh()
-    split = parallel.batch_sharded(mesh) if num % mesh.size == 0 else parallel.replicated(mesh)
+    def apply(p, x, t, key):
+        return model.apply({"params": p}, x, t, train=True, rngs={"dropout": key})
 
-    def apply(p, x, t):
-        return model.apply({"params": p}, jax.lax.with_sharding_constraint(x, split), t)
+    def step_fn(state: TrainState, batch: jax.Array):
+        key = jax.random.fold_in(jax.random.split(jax.random.key(config.seed))[1], state.step)
+        return train_step(apply, tx, schedule, state, batch, key, prediction=config.diffusion.prediction,
+                          ema=config.training.ema_decay, stop_on_nonfinite=config.training.nonfinite == "stop")
 
-    @functools.partial(jax.jit, out_shardings=parallel.replicated(mesh))
-    def sample_fn(params, key):
-        return sample(name, apply, params, key, input_shape(config, num), schedule, steps or None,
-                      prediction=config.diffusion.prediction, **options)
-
-    return sample_fn
+    return step_fn
 
 
 class _StopFlag:
@@ -208,15 +136,10 @@ class _Writer:
             self._jsonl.close()
 
 
-def abstract_train_state(model, tx, config, sharding) -> TrainState:
-    """Shapes, dtypes and shardings of a train state, to restore a checkpoint into."""
-    shapes = jax.eval_shape(lambda k: create_train_state(model, tx, config, k), jax.random.key(0))
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
-
-
 def checkpoint_meta(config: ml_collections.ConfigDict, step: int) -> dict:
     """The JSON record saved beside each checkpoint (restore_run reads the config from it)."""
-    return {"step": step, "data_step": step, "seed": config.seed, "config": json.loads(config_to_json(config))}
+    return {"step": step, "seed": config.seed, "format_version": FORMAT_VERSION,
+            "config": json.loads(config_to_json(config))}
 
 
 def _check_workdir_config(workdir: Path, config, allow_config_change: bool) -> None:
@@ -261,7 +184,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
         log.info("resuming from step %d in %s", start, ckpt.directory)
 
     step_fn = jax.jit(
-        lambda s, b: train_step(model, tx, schedule, config, s, b),
+        make_train_step(model, tx, schedule, config),
         out_shardings=(replicated, replicated),
         donate_argnums=0,
     )

@@ -19,10 +19,10 @@ import pytest
 
 from helpers import REPO, TINY, run, tiny_config
 from odediff import parallel
-from odediff.checkpoint import CheckpointError, Checkpointer
+from odediff.checkpoint import CheckpointError, Checkpointer, FormatError
 from odediff.generation import restore_run
 from odediff.models import build_denoiser
-from odediff.training import abstract_train_state, make_optimizer
+from odediff.train_state import abstract_train_state, make_optimizer
 
 N = 16  # steps of every full run: long enough to interrupt while checkpoints land every 2
 ARGS = [f"--config.training.num_steps={N}", *TINY]
@@ -373,4 +373,27 @@ def test_sample_refuses_params_that_do_not_fit_the_saved_config(existing, tmp_pa
     _usage_error(run("sample.py", f"--workdir={workdir}", "--num=2"), "sample.py",
                  rf"checkpoint step {N} in \S+ is unusable: its params do not fit the model its config builds "
                  r"\(Conv_0.bias is \(4,\) on disk but \(8,\) in the model\)")
+    assert _snapshot(workdir) == before
+
+
+@pytest.mark.parametrize("version,pattern", [
+    (0, r"has checkpoint format 0, and this odediff reads format 1: .* train a new run"),
+    (7, r"has checkpoint format 7, newer than this odediff's 1: upgrade odediff"),
+])
+def test_checkpoints_of_another_format_are_refused_and_left_alone(existing, tmp_path, version, pattern):
+    workdir = tmp_path / "run"
+    shutil.copytree(existing, workdir)
+    meta = workdir / "checkpoints" / str(N) / "meta" / "metadata"
+    record = json.loads(meta.read_text())
+    record["format_version"] = version
+    meta.write_text(json.dumps(record))
+    before = _snapshot(workdir)
+    _usage_error(run("sample.py", f"--workdir={workdir}", "--num=2"), "sample.py", pattern)
+    ckpt = Checkpointer(workdir)  # resuming training: refused, not skipped as damaged
+    config = ml_collections.ConfigDict(record["config"])
+    abstract = abstract_train_state(build_denoiser(config.model), make_optimizer(config.training), config,
+                                    parallel.replicated(parallel.make_mesh()))
+    with pytest.raises(FormatError, match=pattern):
+        ckpt.restore_latest(abstract)
+    ckpt.close()
     assert _snapshot(workdir) == before

@@ -1,4 +1,3 @@
-import json
 from pathlib import Path
 
 import jax
@@ -6,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from odediff.config import config_to_json, default_config, load_config_file, saved_config
+from odediff.config import default_config, load_config_file
 from odediff.models import build_denoiser
 from odediff.models.layers import GroupNorm, softplus
 from odediff.training import init_params
@@ -164,8 +163,3 @@ def test_group_norm_matches_flax(groups):
     )
 
 
-def test_configs_saved_before_the_field_option_restore_the_release_field():
-    saved = json.loads(config_to_json(default_config()))
-    del saved["model"]["cunet"]["field"]
-    assert saved_config(saved).model.cunet.field == "release"
-    assert saved_config(json.loads(config_to_json(default_config()))).model.cunet.field == "residual"

@@ -45,7 +45,9 @@ def test_targets_invert_to_x0_and_eps(prediction):
     noise = jax.random.normal(k2, x0.shape)
     t = jnp.array([0, 10, 300, 700, 999], jnp.int32)
     x_t = sch.q_sample(s, x0, t, noise)
-    x0_hat, eps_hat = sch.predict_x0_eps(s, x_t, t, sch.target(s, x0, t, noise, prediction), prediction)
+    ab = sch.alpha_bar(s, t)[:, None, None, None]
+    out = sch.target(s, x0, t, noise, prediction)
+    x0_hat, eps_hat = sch.x0_eps(out, x_t, jnp.sqrt(ab), jnp.sqrt(1.0 - ab), prediction)
     # x0 from eps divides by sqrt(alpha_bar), tiny at t = 999: compare where it is well conditioned.
     np.testing.assert_allclose(x0_hat[:4], x0[:4], atol=2e-3)
     np.testing.assert_allclose(eps_hat[1:], noise[1:], atol=2e-3)
@@ -56,7 +58,9 @@ def test_posterior_matches_ddpm_formulas():
     x0 = jnp.full((3, 2, 2, 1), 0.5)
     x_t = jnp.full((3, 2, 2, 1), -0.2)
     t = jnp.array([0, 1, 500], jnp.int32)
-    mean, var = sch.posterior(s, x0, x_t, t)
+    ab_t = sch.alpha_bar(s, t)[:, None, None, None]
+    ab_prev = sch.alpha_bar(s, t - 1)[:, None, None, None]
+    mean, var = sch.posterior_between(ab_t, ab_prev, s.betas[t][:, None, None, None], x0, x_t)
     b = np.linspace(1e-4, 0.02, 1000)
     ab = np.cumprod(1 - b)
     for i, ti in enumerate([0, 1, 500]):

@@ -1,0 +1,68 @@
+"""The train state and what builds it: optimizer, learning-rate schedule, initial and abstract states."""
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from odediff.config import ConfigError
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    ema_params: Any
+    opt_state: Any
+    first_nonfinite: jax.Array  # the first step whose update was refused, -1 if none
+    num_nonfinite: jax.Array
+
+
+def learning_rate_schedule(tc: ml_collections.ConfigDict) -> optax.Schedule:
+    """Linear warmup, then constant or cosine decay to zero at num_steps."""
+    warmup = optax.linear_schedule(0.0, tc.learning_rate, max(tc.warmup_steps, 1))
+    if tc.lr_schedule == "constant":
+        after = optax.constant_schedule(tc.learning_rate)
+    elif tc.lr_schedule == "cosine":
+        after = optax.cosine_decay_schedule(tc.learning_rate, max(tc.num_steps - tc.warmup_steps, 1))
+    else:
+        raise ConfigError(f"training.lr_schedule={tc.lr_schedule!r}: use constant or cosine")
+    return optax.join_schedules([warmup, after], [tc.warmup_steps])
+
+
+def make_optimizer(tc: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Adam or AdamW with global-norm clipping."""
+    lr = learning_rate_schedule(tc)
+    if tc.optimizer == "adam":
+        opt = optax.adam(lr, b1=tc.b1, b2=tc.b2)
+    elif tc.optimizer == "adamw":
+        opt = optax.adamw(lr, b1=tc.b1, b2=tc.b2, weight_decay=tc.weight_decay)
+    else:
+        raise ConfigError(f"training.optimizer={tc.optimizer!r}: use adam or adamw")
+    return optax.chain(optax.clip_by_global_norm(tc.grad_clip), opt) if tc.grad_clip > 0 else opt
+
+
+def init_params(model, config: ml_collections.ConfigDict, key: jax.Array) -> Any:
+    x = jnp.zeros((1, config.data.image_size, config.data.image_size, config.data.channels), jnp.float32)
+    return model.init(key, x, jnp.zeros((1,), jnp.int32))["params"]
+
+
+def create_train_state(model, tx: optax.GradientTransformation, config, key: jax.Array) -> TrainState:
+    params = init_params(model, config, key)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        ema_params=params,
+        opt_state=tx.init(params),
+        first_nonfinite=jnp.full((), -1, jnp.int32),
+        num_nonfinite=jnp.zeros((), jnp.int32),
+    )
+
+
+def abstract_train_state(model, tx, config, sharding) -> TrainState:
+    """Shapes, dtypes and shardings of a train state, to restore a checkpoint into."""
+    shapes = jax.eval_shape(lambda k: create_train_state(model, tx, config, k), jax.random.key(0))
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
