@@ -5,9 +5,11 @@ import socket
 
 import jax
 import numpy as np
+import pytest
 import tensorflow_datasets as tfds
 
 from helpers import TINY, run, spawn, tiny_config
+from odediff import cli
 from odediff.checkpoint import Checkpointer
 from odediff.generation import restore_run
 from odediff.training import train_and_evaluate
@@ -76,3 +78,19 @@ def test_two_processes_train_like_one_with_all_devices(tmp_path):
     _, b, _ = restore_run(tmp_path / "two")
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_config_names_resolve_to_the_shipped_configs_from_any_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no configs/ here, as for an installed package
+    shipped = cli.packaged_configs()
+    assert {"digits.py", "mnist.py", "cifar10.py", "celeba64.py"} <= set(shipped)
+    for arg in ("--config=mnist", "--config=configs/mnist.py", "--config=mnist.py"):
+        assert cli.resolve_config_arg(["train.py", arg]) == ["train.py", f"--config={shipped['mnist.py']}"]
+    assert cli.resolve_config_arg(["train.py", "--config", "digits"]) == ["train.py", "--config", str(shipped["digits.py"])]
+    own = tmp_path / "mine.py"
+    own.write_text("")
+    assert cli.resolve_config_arg(["train.py", f"--config={own}"]) == ["train.py", f"--config={own}"]
+    with pytest.raises(SystemExit) as e:
+        cli.resolve_config_arg(["train.py", "--config=nope"])
+    assert e.value.code == 2
+    assert "config file nope does not exist: pass a path to one, or one of configs/celeba64.py" in capsys.readouterr().err
