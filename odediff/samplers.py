@@ -25,10 +25,22 @@ ApplyFn = Callable[[object, jax.Array, jax.Array], jax.Array]
 SPACINGS = ("time_uniform", "logsnr", "time_quadratic")
 
 
-def timesteps(num_timesteps: int, num_steps: int) -> jax.Array:
-    """`num_steps` integer steps from T-1 down to 0, evenly spaced (descending)."""
+DISCRETE_SPACINGS = ("linspace", "trailing")
+
+
+def timesteps(num_timesteps: int, num_steps: int, spacing: str = "linspace") -> jax.Array:
+    """`num_steps` integer steps, descending and evenly spaced: "linspace" from T-1 down
+    to 0; "trailing" (Lin et al. 2024) T-1, T-1-T/n, ..., ending at T/n - 1, so every
+    step, a single one included, starts from the noisiest level. With one step,
+    "linspace" would evaluate the model at t = 0 on pure noise, so it is refused."""
     if not 1 <= num_steps <= num_timesteps:
         raise ValueError(f"num_steps must be in [1, {num_timesteps}], got {num_steps}")
+    if spacing == "trailing":
+        return (jnp.round(jnp.arange(num_timesteps, 0, -num_timesteps / num_steps)) - 1).astype(jnp.int32)
+    if spacing != "linspace":
+        raise ValueError(f"unknown spacing {spacing!r}: use one of {DISCRETE_SPACINGS}")
+    if num_steps == 1:
+        raise ValueError('one "linspace" step would denoise pure noise at t = 0: use spacing="trailing"')
     ts = jnp.round(jnp.linspace(0.0, num_timesteps - 1, num_steps)).astype(jnp.int32)
     return ts[::-1]
 
@@ -55,8 +67,8 @@ def _denoise(apply_fn, params, x, t, sa, sb, prediction, clip):
     return x0, eps
 
 
-def _reverse(step, key, shape, s, num_steps):
-    ts = timesteps(s.num_timesteps, num_steps)
+def _reverse(step, key, shape, s, num_steps, spacing):
+    ts = timesteps(s.num_timesteps, num_steps, spacing)
     ts_prev = jnp.concatenate([ts[1:], jnp.full((1,), -1, jnp.int32)])
     x, kloop = _noise(key, shape)
     keys = jax.random.split(kloop, num_steps)
@@ -101,6 +113,7 @@ def ancestral_sample(
     num_steps: int | None = None,
     prediction: str = "eps",
     clip: bool = True,
+    spacing: str = "linspace",
 ) -> jax.Array:
     """DDPM ancestral sampling (Ho et al.): x_{t-1} ~ q(x_{t-1} | x_t, x0_hat).
 
@@ -112,7 +125,7 @@ def ancestral_sample(
     def step(x, t, t_prev, key):
         return ancestral_step(apply_fn, params, schedule, x, t, t_prev, key, prediction, clip)[0]
 
-    return _reverse(step, key, shape, schedule, num_steps)
+    return _reverse(step, key, shape, schedule, num_steps, spacing)
 
 
 def ddim_sample(
@@ -125,13 +138,15 @@ def ddim_sample(
     eta: float = 0.0,
     prediction: str = "eps",
     clip: bool = True,
+    spacing: str = "linspace",
 ) -> jax.Array:
-    """DDIM (Song et al. 2021); eta = 0 is deterministic, eta = 1 matches ancestral."""
+    """DDIM (Song et al. 2021); eta = 0 is deterministic, eta = 1 matches ancestral.
+    `spacing`: see `timesteps`."""
 
     def step(x, t, t_prev, key):
         return ddim_step(apply_fn, params, schedule, x, t, t_prev, key, prediction, clip, eta)[0]
 
-    return _reverse(step, key, shape, schedule, num_steps)
+    return _reverse(step, key, shape, schedule, num_steps, spacing)
 
 
 def _t_of(table: jax.Array, log_sigma: jax.Array, continuous_t: bool) -> jax.Array:
@@ -197,15 +212,19 @@ def ode_sample(
     spacing: str = "time_uniform",
     continuous_t: bool = False,
     prediction: str = "eps",
-    clip: bool = True,
+    clip: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
     """Solves the probability-flow ODE with diffrax; returns (images, nfe).
 
     The ODE is DDIM's: d x_bar / d sigma = eps_hat(x, t(sigma)) with x_bar =
     x / sqrt(alpha_bar) and sigma = sqrt(1 - alpha_bar) / sqrt(alpha_bar), from
     sigma(T-1) to sigma(0), followed by the x0 estimate at t = 0. The model gets
-    round(t(sigma)) with t(sigma) interpolated against log sigma over the table
-    (float t with `continuous_t`); x0 and v outputs are converted at the exact sigma.
+    round(t(sigma)) with t(sigma) interpolated against log sigma over the table, so
+    the stages of a step between two grid points see the nearest integer step: the
+    field is piecewise constant in t, which costs adaptive solves extra steps. With
+    `continuous_t` the model gets the float t (both denoisers embed any real t). x0
+    and v outputs are converted at the exact sigma. `clip` clips the x0 estimate
+    inside the field; off by default, since it makes the field non-smooth.
     `num_steps` > 0 takes fixed steps between `num_steps` grid points of
     `step_grid` (so "euler" is exactly DDIM with as many steps); 0/None is adaptive
     (PIDController with rtol/atol on x_bar, at most `max_steps` steps). nfe counts every model
@@ -262,13 +281,14 @@ def dpmpp2m_sample(
     lower_order_final: bool = True,
     continuous_t: bool = False,
     prediction: str = "eps",
-    clip: bool = True,
+    clip: bool = False,
 ) -> jax.Array:
     """DPM-Solver++(2M) (Lu et al. 2022): the multistep second-order data-prediction solver.
 
     The model is evaluated at the `num_steps` points of `step_grid` (t = T-1 .. 0);
     the first step is first order (DDIM), and so is the last with
     `lower_order_final` when num_steps < 15; the output is the x0 estimate at t = 0.
+    `clip` clips each x0 estimate (off by default: the solver extrapolates them).
     """
     ts, ls = step_grid(schedule, num_steps, spacing, continuous_t)
     sa, sb = _scales(ls)

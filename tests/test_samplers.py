@@ -356,3 +356,14 @@ def test_bad_arguments():
         S.dpmpp2m_sample(f, None, key, SMALL, SCHED, 5, prediction="nope")
     with pytest.raises(ValueError, match="sampler"):
         S.sample("nope", f, None, key, SMALL, SCHED, 5)
+
+
+def test_trailing_spacing_starts_every_step_at_the_noisiest_level():
+    np.testing.assert_array_equal(np.asarray(S.timesteps(1000, 1, "trailing")), [999])
+    np.testing.assert_array_equal(np.asarray(S.timesteps(1000, 4, "trailing")), [999, 749, 499, 249])
+    np.testing.assert_array_equal(np.asarray(S.timesteps(1000, 1000, "trailing")), np.arange(999, -1, -1))
+    np.testing.assert_array_equal(np.asarray(S.timesteps(1000, 4)), [999, 666, 333, 0])
+    with pytest.raises(ValueError, match='use spacing="trailing"'):
+        S.timesteps(1000, 1)
+    with pytest.raises(ValueError, match="unknown spacing"):
+        S.timesteps(1000, 4, "leading")
