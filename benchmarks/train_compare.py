@@ -42,7 +42,6 @@ configs/mnist.py as it is (32x32, batch 128, cU-Net nf 16, U-Net ch 64), with
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -215,6 +214,7 @@ def main() -> None:
     for k, v in PRESETS[a.preset].items():
         if getattr(a, k) is None:
             setattr(a, k, v)
+    parallel.use_cpu_cores(a.batch)
     bad = [m for m in a.models.split(",") if m not in MODELS]
     if bad:
         ap.error(f"unknown --models {bad}: choose from {list(MODELS)}")
@@ -394,5 +394,4 @@ def report(record: dict, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={os.cpu_count() or 1}")
     main()

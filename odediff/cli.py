@@ -110,6 +110,8 @@ def train_main() -> None:
     from odediff import parallel
 
     f = flags.FLAGS
+    if not f.coordinator_address and (f.num_processes or 1) == 1:
+        parallel.use_cpu_cores(f.config.training.batch_size)
     parallel.initialize_distributed(f.coordinator_address, f.num_processes, f.process_id)
     from odediff.training import NonFiniteError, train_and_evaluate
 
@@ -136,11 +138,13 @@ def define_sample_flags() -> None:
 
 
 def sample_main() -> None:
+    from odediff import parallel
     from odediff.generation import generate, restore_run, write_samples
 
     f = flags.FLAGS
     if f.num <= 0 or (f.steps is not None and f.steps < 0):
         raise ConfigError(f"--num must be positive and --steps not negative, got --num={f.num} --steps={f.steps}")
+    parallel.use_cpu_cores(f.num)
     config, params, step = restore_run(f.workdir, f.step)
     sampler = f.sampler or config.sampling.sampler
     steps = config.sampling.num_steps if f.steps is None else f.steps

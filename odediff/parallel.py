@@ -29,6 +29,27 @@ def initialize_distributed(
         jax.distributed.initialize()
 
 
+def cpu_devices_for(batch_size: int, env: dict | None = None, cores: int | None = None) -> int | None:
+    """How many XLA CPU devices to make for a batch: one per core when the batch splits
+    evenly over them, else one; None when the environment already says
+    (XLA_FLAGS' --xla_force_host_platform_device_count or JAX_NUM_CPU_DEVICES)."""
+    env = os.environ if env is None else env
+    if "xla_force_host_platform_device_count" in env.get("XLA_FLAGS", "") or env.get("JAX_NUM_CPU_DEVICES"):
+        return None
+    cores = cores or os.cpu_count() or 1
+    return cores if batch_size % cores == 0 else 1
+
+
+def use_cpu_cores(batch_size: int) -> None:
+    """Splits the CPU into one XLA device per core (see `cpu_devices_for`): XLA:CPU runs a
+    convolution narrower than ~128 channels on one thread, so one device would leave
+    cores idle. Only the CPU backend reads the setting, so accelerators are unaffected.
+    Must run before anything touches a device; for one process only."""
+    n = cpu_devices_for(batch_size)
+    if n is not None:
+        jax.config.update("jax_num_cpu_devices", n)
+
+
 def make_mesh() -> Mesh:
     """A 1-D mesh over every device of every process, axis type Auto (diffrax needs it)."""
     return jax.make_mesh(

@@ -146,7 +146,14 @@ def _check_workdir_config(workdir: Path, config, allow_config_change: bool) -> N
     """Refuses to mix runs: a workdir's config.json must match unless overriding is asked for."""
     path = workdir / "config.json"
     if path.exists():
-        diffs = config_differences(json.loads(path.read_text()), config)
+        saved = json.loads(path.read_text())
+        before = saved.get("training", {}).get("num_steps")
+        if saved.get("training", {}).get("lr_schedule") == "cosine" and before not in (None, config.training.num_steps):
+            raise ConfigError(
+                f"{workdir} holds a run with training.num_steps={before}, and its cosine learning-rate schedule "
+                f"is built from it: pass --config.training.num_steps={before} to resume it, or use another --workdir"
+            )
+        diffs = config_differences(saved, config)
         if diffs and not allow_config_change:
             raise ConfigError(
                 f"{workdir} holds a run with a different config ({', '.join(diffs)}): use another "

@@ -316,7 +316,7 @@ def existing(reference, tmp_path_factory) -> Path:
 
 
 BAD_TRAIN = {
-    "unknown config file": (["--config=configs/nope.py"], 1, r"config file configs/nope.py does not exist: pass one of"),
+    "unknown config file": (["--config=configs/nope.py"], 1, r"config file configs/nope.py does not exist: pass a path to one, or one of"),
     "unknown config key": (["--config.training.batch_sise=8"], 1,
                            r"unknown config field 'batch_sise' in --config.training.batch_sise: did you mean"),
     "wrong type": (["--config.training.batch_size=abc"], 1, r"--config.training.batch_size=abc: invalid literal for int"),
@@ -397,3 +397,22 @@ def test_checkpoints_of_another_format_are_refused_and_left_alone(existing, tmp_
         ckpt.restore_latest(abstract)
     ckpt.close()
     assert _snapshot(workdir) == before
+
+
+def test_a_cosine_run_resumes_only_with_the_num_steps_it_started_with(tmp_path):
+    from odediff.config import ConfigError, config_to_json
+    from odediff.training import _check_workdir_config
+
+    config = tiny_config()
+    config.training.update(lr_schedule="cosine", num_steps=100)
+    (tmp_path / "config.json").write_text(config_to_json(config))
+    _check_workdir_config(tmp_path, config, allow_config_change=False)
+    config.training.num_steps = 200
+    for allow in (False, True):
+        with pytest.raises(ConfigError, match=r"training.num_steps=100, and its cosine learning-rate schedule is "
+                                              r"built from it: pass --config.training.num_steps=100 to resume it"):
+            _check_workdir_config(tmp_path, config, allow_config_change=allow)
+    config.training.lr_schedule = "constant"  # a constant rate does not depend on num_steps
+    (tmp_path / "config.json").write_text(config_to_json(config))
+    config.training.num_steps = 300
+    _check_workdir_config(tmp_path, config, allow_config_change=False)

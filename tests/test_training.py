@@ -112,3 +112,14 @@ def test_ema_is_warmed_up_then_follows_the_configured_decay():
     after, _ = jax.jit(make_train_step(model, tx, schedule, c))(state, batch)
     for e, p0, p1 in zip(*(jax.tree.leaves(t) for t in (after.ema_params, state.params, after.params))):
         np.testing.assert_allclose(e, 0.1 * p0 + 0.9 * p1, rtol=1e-5, atol=1e-7)
+
+
+def test_cpu_devices_one_per_core_when_the_batch_splits_unless_the_environment_says():
+    from odediff.parallel import cpu_devices_for
+
+    assert cpu_devices_for(64, env={}, cores=2) == 2
+    assert cpu_devices_for(63, env={}, cores=2) == 1
+    assert cpu_devices_for(64, env={}, cores=16) == 16
+    assert cpu_devices_for(8, env={}, cores=16) == 1
+    assert cpu_devices_for(64, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}, cores=2) is None
+    assert cpu_devices_for(64, env={"JAX_NUM_CPU_DEVICES": "3"}, cores=2) is None
