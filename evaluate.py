@@ -31,9 +31,11 @@ flags.DEFINE_integer("classifier_steps", 1000, "Training steps of the feature cl
 
 
 def main() -> None:
+    from odediff import parallel
     from odediff.evaluation import evaluate_run, format_metrics
 
     f = flags.FLAGS
+    parallel.use_cpu_cores(f.batch)
     result, path = evaluate_run(
         f.workdir, step=f.step, num=f.num, sampler=f.sampler, num_steps=f.steps, seed=f.seed,
         batch=f.batch, cache_dir=f.cache_dir, inception_weights=f.inception_weights,
