@@ -1,0 +1,50 @@
+"""benchmarks/train_compare.py's bookkeeping: the final scores, ratios only where seeds separate, the report."""
+
+import json
+import sys
+
+import numpy as np
+
+from helpers import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import train_compare as tc  # noqa: E402
+
+
+def _record(unet_fds, cunet_fds, steps=(500, 1000)):
+    runs = {}
+    for model, finals in (("unet", unet_fds), ("cunet_rk4", cunet_fds)):
+        for seed, final in enumerate(finals):
+            evals = [{"step": s, "train_seconds": 10.0 * s, "fd": final * (2.0 if s < steps[-1] else 1.0),
+                      **{k: 0.5 for k in tc.SCORES if k != "fd"}} for s in steps]
+            runs[f"{model}_s{seed}"] = {"model": model, "seed": seed, "lr": 1e-3, "params": 10, "evals": evals}
+    floor = {"num": 1000, **{k: [1.0, 2.0, 3.0] for k in tc.SCORES}}
+    return {"protocol": {"image_size": 16, "batch": 64, "eval_steps": 25}, "floor": floor, "runs": runs,
+            "main_runs": sorted(runs), "lr": {"unet": 1e-3, "cunet_rk4": 1e-3}}
+
+
+def test_a_ratio_only_where_the_seeds_do_not_overlap(tmp_path):
+    record = _record([10.0, 12.0], [5.0, 6.0])
+    tc.report(record, tmp_path)
+    s = record["summary"]
+    assert s["step"] == 1000 and s["floor_fd_mean"] == 2.0
+    c = s["models"]["cunet_rk4"]
+    assert c["fd_mean"] == 5.5 and c["fd_ratio_to_unet"] == 5.5 / 11.0
+    assert c["fd_over_floor"] == 5.5 / 2.0
+    # the U-Net's final mean FD is 11: seed 0 is at 10 by step 500, seed 1 (12 there) only by step 1000
+    assert c["reach_unet_final_fd"] == [(500, 5000.0), (1000, 10000.0)]
+    assert json.loads((tmp_path / "train_compare.json").read_text())["summary"]["step"] == 1000
+    assert (tmp_path / "train_compare.png").stat().st_size > 0
+
+    overlapping = _record([10.0, 12.0], [9.0, 11.0])
+    tc.report(overlapping, tmp_path)
+    assert overlapping["summary"]["models"]["cunet_rk4"]["fd_ratio_to_unet"] is None
+
+
+def test_final_scores_use_the_last_step_every_run_reached():
+    record = _record([10.0, 12.0], [5.0, 6.0])
+    record["runs"]["unet_s1"]["evals"].pop()  # one run is a turn behind
+    step, per_model = tc.final_scores(record)
+    assert step == 500
+    assert sorted(r["fd"] for r in per_model["cunet_rk4"]) == [10.0, 12.0]
+    assert np.isclose(sum(r["fd"] for r in per_model["unet"]), 20.0 + 24.0)
