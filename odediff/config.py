@@ -55,6 +55,7 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.training = ml_collections.ConfigDict()
     c.training.batch_size = 64
+    c.training.grad_accum_steps = 1  # micro-batches per step: the batch is processed in this many pieces
     c.training.num_steps = 2000
     c.training.optimizer = "adam"  # adam | adamw
     c.training.learning_rate = 2e-4
@@ -114,11 +115,13 @@ def config_to_json(config: ml_collections.ConfigDict) -> str:
 
 
 def config_differences(saved: Mapping[str, Any], config: ml_collections.ConfigDict) -> list[str]:
-    """Keys whose values differ between a saved config and this one, ignoring resumable keys."""
+    """Keys whose values differ between a saved config and this one, ignoring resumable keys;
+    a key the saved config lacks (added to odediff since) counts as holding its default."""
     a, b = flatten(saved), flatten(json.loads(config_to_json(config)))
+    defaults = flatten(json.loads(config_to_json(default_config())))
     return sorted(
         k for k in set(a) | set(b)
-        if a.get(k) != b.get(k) and not k.startswith(RESUMABLE_KEYS)
+        if a.get(k, defaults.get(k)) != b.get(k) and not k.startswith(RESUMABLE_KEYS)
     )
 
 
@@ -139,10 +142,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             f"data.image_size={size} is not divisible by {factor}, which the {config.model.name} "
             f"with ch_mult={tuple(config.model[config.model.name].ch_mult)} needs: use a multiple of {factor}"
         )
-    for key in ("training.batch_size", "training.num_steps", "training.log_every",
+    for key in ("training.batch_size", "training.grad_accum_steps", "training.num_steps", "training.log_every",
                 "training.sample_every", "training.checkpoint_every", "sampling.num_samples"):
         if not isinstance(flat[key], int) or flat[key] <= 0:
             raise ConfigError(f"{key}={flat[key]!r} must be a positive integer")
+    if flat["training.batch_size"] % flat["training.grad_accum_steps"]:
+        raise ConfigError(f"training.batch_size={flat['training.batch_size']} does not split into "
+                          f"training.grad_accum_steps={flat['training.grad_accum_steps']} micro-batches")
 
 
 def load_config_file(path: str | Path) -> ml_collections.ConfigDict:

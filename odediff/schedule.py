@@ -108,12 +108,24 @@ def posterior_between(
     return mean, beta * (1.0 - ab_prev) / one_minus_ab
 
 
+def draw_steps_and_noise(s: Schedule, x0: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The training draws for a batch: a uniform step per image and Gaussian noise."""
+    kt, kn = jax.random.split(key)
+    t = jax.random.randint(kt, (x0.shape[0],), 0, s.num_timesteps, dtype=jnp.int32)
+    return t, jax.random.normal(kn, x0.shape, x0.dtype)
+
+
+def loss_at(
+    apply_fn, params, s: Schedule, x0: jax.Array, t: jax.Array, noise: jax.Array, prediction: str = "eps"
+) -> jax.Array:
+    """The DDPM simple loss for given steps and noise: mean squared error to the target."""
+    out = apply_fn(params, q_sample(s, x0, t, noise), t)
+    return jnp.mean(jnp.square(out - target(s, x0, t, noise, prediction)))
+
+
 def diffusion_loss(
     apply_fn, params, s: Schedule, x0: jax.Array, key: jax.Array, prediction: str = "eps"
 ) -> jax.Array:
     """The DDPM simple loss: mean squared error to the target at a uniformly drawn step."""
-    kt, kn = jax.random.split(key)
-    t = jax.random.randint(kt, (x0.shape[0],), 0, s.num_timesteps, dtype=jnp.int32)
-    noise = jax.random.normal(kn, x0.shape, x0.dtype)
-    out = apply_fn(params, q_sample(s, x0, t, noise), t)
-    return jnp.mean(jnp.square(out - target(s, x0, t, noise, prediction)))
+    t, noise = draw_steps_and_noise(s, x0, key)
+    return loss_at(apply_fn, params, s, x0, t, noise, prediction)

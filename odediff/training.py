@@ -23,7 +23,7 @@ from odediff.checkpoint import FORMAT_VERSION, Checkpointer
 from odediff.config import ConfigError, check_config, config_differences, config_to_json
 from odediff.generation import make_sample_fn
 from odediff.models import build_denoiser
-from odediff.schedule import Schedule, diffusion_loss, make_schedule
+from odediff.schedule import Schedule, draw_steps_and_noise, loss_at, make_schedule
 from odediff.train_state import (TrainState, abstract_train_state, create_train_state, learning_rate_schedule,
                                  make_optimizer)
 
@@ -45,17 +45,37 @@ def ema_decay(decay: float, step: jax.Array) -> jax.Array:
 def train_step(
     apply_fn: Callable, tx: optax.GradientTransformation, schedule: Schedule, state: TrainState, batch: jax.Array,
     key: jax.Array, *, prediction: str = "eps", ema: float = 0.999, stop_on_nonfinite: bool = True,
+    accum_steps: int = 1,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One update of `state` on a batch of images in [-1, 1], usable from any JAX code.
 
     `apply_fn(params, x, t, key)` is the denoiser in training mode (`key` for its dropout);
-    `key` draws the diffusion steps, the noise and the dropout. The EMA decay is warmed up
-    (`ema_decay`). A non-finite loss or gradient leaves params, EMA and optimizer untouched;
-    with `stop_on_nonfinite` every later update is refused too."""
+    `key` draws the diffusion steps, the noise and the dropout. With `accum_steps` k > 1
+    the batch is processed as k micro-batches in sequence (a lax.scan, so activations
+    are held for one micro-batch at a time) and their mean gradient applied: the same
+    update as the whole batch at once, up to float rounding (dropout masks aside). The
+    EMA decay is warmed up (`ema_decay`). A non-finite loss or gradient leaves params,
+    EMA and optimizer untouched; with `stop_on_nonfinite` every later update is refused too."""
     k_loss, k_dropout = jax.random.split(key)
-    loss, grads = jax.value_and_grad(
-        lambda p: diffusion_loss(lambda p_, x, t: apply_fn(p_, x, t, k_dropout), p, schedule, batch, k_loss, prediction)
-    )(state.params)
+    t, noise = draw_steps_and_noise(schedule, batch, k_loss)
+
+    def loss_fn(p, x0, t, noise):
+        return loss_at(lambda p_, x, t_: apply_fn(p_, x, t_, k_dropout), p, schedule, x0, t, noise, prediction)
+
+    if accum_steps == 1:
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, t, noise)
+    else:
+        if batch.shape[0] % accum_steps:
+            raise ValueError(f"a batch of {batch.shape[0]} does not split into {accum_steps} micro-batches")
+        micro = lambda a: a.reshape((accum_steps, a.shape[0] // accum_steps) + a.shape[1:])
+
+        def add(total, xs):
+            loss, grads = jax.value_and_grad(loss_fn)(state.params, *xs)
+            return jax.tree.map(jnp.add, total, (loss, grads)), None
+
+        zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
+        (loss, grads), _ = jax.lax.scan(add, zero, (micro(batch), micro(t), micro(noise)))
+        loss, grads = jax.tree.map(lambda a: a / accum_steps, (loss, grads))
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     with jax.numpy_dtype_promotion("standard"):  # optax mixes int32 counts with floats
@@ -86,7 +106,8 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: Schedule,
     def step_fn(state: TrainState, batch: jax.Array):
         key = jax.random.fold_in(jax.random.split(jax.random.key(config.seed))[1], state.step)
         return train_step(apply, tx, schedule, state, batch, key, prediction=config.diffusion.prediction,
-                          ema=config.training.ema_decay, stop_on_nonfinite=config.training.nonfinite == "stop")
+                          ema=config.training.ema_decay, stop_on_nonfinite=config.training.nonfinite == "stop",
+                          accum_steps=config.training.grad_accum_steps)
 
     return step_fn
 

@@ -1,3 +1,5 @@
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -123,3 +125,36 @@ def test_cpu_devices_one_per_core_when_the_batch_splits_unless_the_environment_s
     assert cpu_devices_for(8, env={}, cores=16) == 1
     assert cpu_devices_for(64, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}, cores=2) is None
     assert cpu_devices_for(64, env={"JAX_NUM_CPU_DEVICES": "3"}, cores=2) is None
+
+
+def test_gradient_accumulation_equals_one_batch_k_times_larger():
+    c, model, tx, schedule, state, batch = _setup()
+
+    def three_steps(config):  # the first update is 0 (warm-up): take three
+        fn, s, ms = jax.jit(make_train_step(model, tx, schedule, config)), state, []
+        for _ in range(3):
+            s, m = fn(s, batch)
+            ms.append(m)
+        return s, ms
+
+    whole, m1 = three_steps(c)
+    c.training.grad_accum_steps = 4
+    accum, m4 = three_steps(c)
+    assert " scan[" in str(jax.make_jaxpr(make_train_step(model, tx, schedule, c))(state, batch))  # micro-batches ran
+    for a, b in zip(m1, m4):
+        np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
+        np.testing.assert_allclose(a["grad_norm"], b["grad_norm"], rtol=1e-4)
+    for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(accum.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(whole.params)))
+
+
+def test_configs_saved_before_a_key_existed_resume_with_its_default():
+    from odediff.config import config_differences, config_to_json, default_config
+
+    saved = json.loads(config_to_json(default_config()))
+    del saved["training"]["grad_accum_steps"]
+    assert config_differences(saved, default_config()) == []
+    c = default_config()
+    c.training.grad_accum_steps = 2
+    assert config_differences(saved, c) == ["training.grad_accum_steps"]
