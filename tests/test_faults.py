@@ -347,11 +347,16 @@ def test_bad_train_input_is_one_line_and_changes_nothing(existing, tmp_path, cas
 def test_allow_config_change_continues_the_run(existing, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(existing, workdir)
-    checkpoints = _snapshot(workdir / "checkpoints")
-    _ok(run("train.py", f"--workdir={workdir}", *ARGS, "--config.training.learning_rate=0.01",
-            "--allow_config_change"))
+    before = _state(workdir, N)
+    _ok(run("train.py", f"--workdir={workdir}", *ARGS, f"--config.training.num_steps={N + 2}",
+            "--config.training.learning_rate=0.01", "--allow_config_change"))
     assert json.loads((workdir / "config.json").read_text())["training"]["learning_rate"] == 0.01
-    assert _snapshot(workdir / "checkpoints") == checkpoints  # already at num_steps: nothing to train
+    assert _steps_on_disk(workdir)[-1] == N + 2
+    after = _state(workdir, N + 2)
+    assert int(after.step) == N + 2 and not np.array_equal(
+        np.asarray(jax.tree.leaves(after.params)[0]), np.asarray(jax.tree.leaves(before.params)[0]))
+    meta = Checkpointer(workdir, read_only=True).read_meta(N + 2)
+    assert meta["config"]["training"]["learning_rate"] == 0.01  # the new value trained those steps
 
 
 def test_sample_without_checkpoints_or_workdir(tmp_path):

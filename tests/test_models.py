@@ -8,7 +8,7 @@ import pytest
 from odediff.config import default_config, load_config_file
 from odediff.models import build_denoiser
 from odediff.models.layers import GroupNorm, softplus
-from odediff.training import init_params
+from odediff.train_state import init_params
 
 
 def _count(params) -> int:
@@ -108,12 +108,23 @@ def test_cunet_output_differs_when_a_single_block_sees_another_t():
         assert float(jnp.max(jnp.abs(apply(cut) - base))) > 0, block
 
 
-@pytest.mark.parametrize("norm", ["group", "instance"])
-def test_cunet_norms_build(norm):
-    c = _tiny("cunet", norm=norm)
-    model = build_denoiser(c.model)
-    params = _init(model, c)
-    assert _count(params) > 0
+def test_cunet_instance_norm_normalises_per_channel_where_group_norm_pools_channels():
+    group, instance = (build_denoiser(_tiny("cunet", norm=n).model) for n in ("group", "instance"))
+    c = _tiny("cunet")
+    params = _perturbed(_init(group, c), jax.random.key(1))
+    # the same parameters fit both (per-channel scale and shift), and the norm changes the function
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, _init(instance, c))
+    x = jax.random.normal(jax.random.key(2), (2, 8, 8, 1))
+    t = jnp.array([3, 700], jnp.int32)
+    a, b = group.apply({"params": params}, x, t), instance.apply({"params": params}, x, t)
+    assert np.isfinite(a).all() and np.isfinite(b).all() and float(jnp.max(jnp.abs(a - b))) > 1e-3
+    from odediff.models.layers import make_norm
+
+    y = jax.random.normal(jax.random.key(3), (2, 4, 4, 8)) * jnp.arange(1.0, 9.0)[None, None, None] + 5.0
+    inst = make_norm("instance", 8)
+    out = inst.apply(inst.init(jax.random.key(0), y), y)
+    np.testing.assert_allclose(out.mean((1, 2)), 0.0, atol=1e-5)
+    np.testing.assert_allclose(out.std((1, 2)), 1.0, atol=1e-3)
 
 
 def test_unet_dropout_uses_the_rng_only_in_training():
