@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import machine, markdown_table, write_json  # noqa: E402
 
 from odediff import data as data_lib  # noqa: E402
-from odediff.evaluation import classical_baselines, denoise  # noqa: E402
+from odediff.denoising import classical_baselines, denoise  # noqa: E402
 from odediff.generation import restore_run  # noqa: E402
 from odediff.models import build_denoiser  # noqa: E402
 from odediff.schedule import make_schedule  # noqa: E402

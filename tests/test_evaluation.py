@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from helpers import TINY, run
+from odediff import denoising as D
 from odediff import evaluation as E
 from odediff.schedule import make_schedule
 
@@ -50,7 +51,7 @@ def test_matching_step_against_closed_form(kind, eps):
     s = make_schedule(kind, 1000)
     ab = np.asarray(s.alphas_cumprod, np.float64)
     target = 1.0 / (1.0 + (2 * eps) ** 2)  # sqrt(1-ab)/sqrt(ab) = 2 eps
-    t = E.matching_step(s, eps)
+    t = D.matching_step(s, eps)
     # t* brackets the target: the closed-form alpha_bar lies between neighbouring steps' values
     lo, hi = max(t - 1, 0), min(t + 1, 999)
     assert ab[hi] <= target <= ab[lo]
@@ -60,7 +61,7 @@ def test_matching_step_against_closed_form(kind, eps):
 
 def test_matching_step_linear_eps_01_near_59():
     # linear betas: ab_t ~ exp(-(1e-4 t + 1e-5 t^2)) = 1/1.04 -> t ~ 59 (the notes' best step)
-    assert 55 <= E.matching_step(make_schedule("linear", 1000), 0.1) <= 62
+    assert 55 <= D.matching_step(make_schedule("linear", 1000), 0.1) <= 62
 
 
 def _clean(n=3, size=16, seed=0):
@@ -89,10 +90,10 @@ def test_denoise_with_an_oracle_recovers_its_x0_at_every_step(sampler, predictio
     clean = _clean()
     x0_true = jnp.asarray(0.97 * (clean.astype(np.float32) / 127.5 - 1.0))  # finite PSNR
     s = make_schedule("linear", 1000)
-    r = E.denoise(_oracle(s, x0_true, prediction), None, s, prediction, clean, 0.1, 5, jax.random.key(0),
+    r = D.denoise(_oracle(s, x0_true, prediction), None, s, prediction, clean, 0.1, 5, jax.random.key(0),
                   sampler=sampler)
     expected = float(np.mean(psnr((np.asarray(x0_true) + 1.0) / 2.0, clean / 255.0)))
-    assert r["t_star"] == E.matching_step(s, 0.1) and r["steps"] == 5
+    assert r["t_star"] == D.matching_step(s, 0.1) and r["steps"] == 5
     np.testing.assert_allclose(r["psnr_curve"], expected, atol=0.01)
     assert r["psnr"] > r["noisy_psnr"] + 5 and r["ssim"] > r["noisy_ssim"]
     assert r["noisy_psnr"] == pytest.approx(20.0, abs=0.5)  # 20 log10(1 / 0.1)
@@ -108,7 +109,7 @@ def test_denoise_stops_at_t0_and_runs_a_tiny_model():
     params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,), jnp.int32))["params"]
     s = make_schedule("linear", 50)
     apply = lambda p, x, t: model.apply({"params": p}, x, t)
-    r = E.denoise(apply, params, s, "eps", clean, 0.05, 100, jax.random.key(1), batch=1)
+    r = D.denoise(apply, params, s, "eps", clean, 0.05, 100, jax.random.key(1), batch=1)
     assert r["steps"] == r["t_star"] + 1  # the chain ends at t = 0
     assert all(np.isfinite(r["psnr_curve"])) and all(np.isfinite(r["ssim_curve"]))
 
@@ -116,8 +117,8 @@ def test_denoise_stops_at_t0_and_runs_a_tiny_model():
 def test_classical_baselines_beat_the_noisy_input():
     clean = _clean(4, 16)
     key = jax.random.key(0)
-    b = E.classical_baselines(clean, 0.2, key)
-    noisy = E.noisy_images(clean, 0.2, key)
+    b = D.classical_baselines(clean, 0.2, key)
+    noisy = D.noisy_images(clean, 0.2, key)
     from odediff.metrics import psnr
 
     base = float(np.mean(psnr(noisy, clean / 255.0)))

@@ -1,5 +1,5 @@
-"""Tests for odediff.features: the small classifier (trained on sklearn digits),
-its orbax cache, and the Inception-v3 architecture / weight-file plumbing."""
+"""Tests for odediff.features (the small classifier, trained on sklearn digits, and
+its orbax cache) and odediff.inception (architecture, weight-file plumbing)."""
 
 import json
 
@@ -11,6 +11,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from odediff import features as F
+from odediff import inception as I
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +85,7 @@ def test_load_or_train_classifier_trains_then_loads(digits, tmp_path, monkeypatc
 
 @pytest.fixture(scope="module")
 def inception_vars():
-    return F.init_inception_params(seed=0)
+    return I.init_inception_params(seed=0)
 
 
 def test_inception_pool3_shape(inception_vars):
@@ -92,23 +93,23 @@ def test_inception_pool3_shape(inception_vars):
     assert n_params == 21_785_568  # torchvision inception_v3 trunk up to Mixed_7c
     rng = np.random.default_rng(0)
     x1 = rng.uniform(-1, 1, size=(2, 75, 75, 1)).astype(np.float32)
-    f1 = F.inception_features(inception_vars, x1, resize_input=False)
+    f1 = I.inception_features(inception_vars, x1, resize_input=False)
     assert f1.shape == (2, 2048) and np.isfinite(f1).all()
     # 1-channel input is tiled to RGB.
-    f3 = F.inception_features(inception_vars, np.repeat(x1, 3, axis=-1), resize_input=False)
+    f3 = I.inception_features(inception_vars, np.repeat(x1, 3, axis=-1), resize_input=False)
     np.testing.assert_allclose(f1, f3, rtol=1e-5, atol=1e-6)
 
 
 def test_inception_resize_path(inception_vars):
     x = np.zeros((1, 16, 16, 3), np.float32)
-    f = F.inception_features(inception_vars, x)  # resized to 299x299
+    f = I.inception_features(inception_vars, x)  # resized to 299x299
     assert f.shape == (1, 2048)
 
 
 def test_inception_npz_roundtrip_and_torch_conversion(inception_vars, tmp_path):
     path = tmp_path / "inception.npz"
-    F.save_inception_params(path, inception_vars)
-    loaded = F.load_inception_params(path)
+    I.save_inception_params(path, inception_vars)
+    loaded = I.load_inception_params(path)
     flat_a = traverse_util.flatten_dict(inception_vars, sep="/")
     flat_b = traverse_util.flatten_dict(loaded, sep="/")
     assert flat_a.keys() == flat_b.keys()
@@ -131,7 +132,7 @@ def test_inception_npz_roundtrip_and_torch_conversion(inception_vars, tmp_path):
             torch_sd[".".join(mod) + (".weight" if leaf == "scale" else ".bias")] = v
         else:
             torch_sd[".".join(mod) + ".running_" + leaf] = v
-    converted = F.convert_torch_state_dict(torch_sd)
+    converted = I.convert_torch_state_dict(torch_sd)
     assert converted.keys() == flat_a.keys()
     for name, v in converted.items():
         np.testing.assert_array_equal(v, np.asarray(flat_a[name]))
@@ -141,4 +142,4 @@ def test_inception_npz_roundtrip_and_torch_conversion(inception_vars, tmp_path):
     bad.pop(k)
     np.savez(tmp_path / "bad.npz", **bad)
     with pytest.raises(ValueError, match="missing"):
-        F.load_inception_params(tmp_path / "bad.npz")
+        I.load_inception_params(tmp_path / "bad.npz")
