@@ -338,9 +338,9 @@ def report(record: dict, out: Path) -> None:
     for m, s in summary["models"].items():
         if u is None or m == "unet":
             continue
-        # a ratio only where the seeds' ranges do not overlap
+        # a ratio only where both have several seeds and their ranges do not overlap
         lo, hi = min(s["fd"]), max(s["fd"])
-        separated = hi < min(u["fd"]) or lo > max(u["fd"])
+        separated = min(len(s["fd"]), len(u["fd"])) >= 2 and (hi < min(u["fd"]) or lo > max(u["fd"]))
         s["fd_ratio_to_unet"] = s["fd_mean"] / u["fd_mean"] if separated else None
         reach = []
         for n in record["main_runs"]:

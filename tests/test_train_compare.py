@@ -39,6 +39,9 @@ def test_a_ratio_only_where_the_seeds_do_not_overlap(tmp_path):
     overlapping = _record([10.0, 12.0], [9.0, 11.0])
     tc.report(overlapping, tmp_path)
     assert overlapping["summary"]["models"]["cunet_rk4"]["fd_ratio_to_unet"] is None
+    one_seed = _record([10.0], [5.0])
+    tc.report(one_seed, tmp_path)
+    assert one_seed["summary"]["models"]["cunet_rk4"]["fd_ratio_to_unet"] is None  # no spread to judge by
 
 
 def test_final_scores_use_the_last_step_every_run_reached():
