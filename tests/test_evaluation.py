@@ -148,3 +148,12 @@ def test_evaluate_py_end_to_end(tmp_path):
     # a missing run is one line and exit 2
     proc = run("evaluate.py", f"--workdir={tmp_path / 'nope'}", "--num=4")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_confidence_stats_share_and_entropy_of_the_confident():
+    p = np.array([[0.95, 0.05], [0.5, 0.5], [0.05, 0.95], [0.92, 0.08]])
+    r = E.confidence_stats(p, 0.9)
+    assert r["confident_fraction"] == 0.75 and r["confident_histogram"] == pytest.approx([2 / 3, 1 / 3])
+    assert r["confident_entropy"] == pytest.approx(-(2 / 3 * np.log2(2 / 3) + 1 / 3 * np.log2(1 / 3)))
+    assert E.confidence_stats(np.full((3, 4), 0.25))["confident_fraction"] == 0.0
+    assert E.confidence_stats(np.eye(4))["confident_entropy"] == pytest.approx(2.0)  # four classes, uniform
