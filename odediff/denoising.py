@@ -17,7 +17,6 @@ from odediff.samplers import ancestral_step, ddim_step
 from odediff.schedule import Schedule, log_sigmas
 
 
-
 def matching_step(schedule: Schedule, eps: float) -> int:
     """The step t* whose noise-to-signal ratio sqrt(1 - ab_t) / sqrt(ab_t) is closest
     (in log) to 2 eps: Gaussian noise of std eps on [0, 1] images is std 2 eps in the
@@ -76,9 +75,8 @@ def denoise(
     chain = _make_chain(apply_fn, schedule, prediction, t_star, k, sampler)
     sa = float(np.sqrt(np.asarray(schedule.alphas_cumprod)[t_star]))
     clean01 = clean.astype(np.float32) / np.float32(255.0)
-    knoise, kchain = jax.random.split(key)
-    noise = np.asarray(jax.random.normal(knoise, clean.shape, jnp.float32))
-    noisy01 = clean01 + np.float32(eps) * noise
+    noisy01 = noisy_images(clean, eps, key)
+    kchain = jax.random.split(key)[1]
     psnr_curve, ssim_curve = np.zeros(k), np.zeros(k)
     final_psnr, final_ssim = [], []
     seconds = 0.0
@@ -127,7 +125,8 @@ def denoise(
 
 
 def noisy_images(clean: np.ndarray, eps: float, key: jax.Array) -> np.ndarray:
-    """The noisy [0, 1] float images `denoise` builds for the same key (for baselines)."""
+    """clean / 255 + eps n, n ~ N(0, I) from `key`: the noisy images `denoise` takes (and
+    the baselines, with the same key)."""
     knoise, _ = jax.random.split(key)
     noise = np.asarray(jax.random.normal(knoise, clean.shape, jnp.float32))
     return clean.astype(np.float32) / np.float32(255.0) + np.float32(eps) * noise

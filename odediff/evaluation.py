@@ -187,16 +187,18 @@ def evaluate_samples(
     if reference is not None:
         out["fd_real_vs_real"] = metrics.frechet_distance(space.features(np.asarray(reference)), fr)
         out["num_reference"] = int(len(reference))
+    probs = (space.probabilities(samples), space.probabilities(real)) if space.probabilities else None
     if space.predict is not None:
         n = space.num_classes
-        hs = np.bincount(space.predict(samples), minlength=n)[:n] / len(samples)
-        hr = np.bincount(space.predict(real), minlength=n)[:n] / len(real)
+        ps, pr = (p.argmax(1) for p in probs) if probs else (space.predict(samples), space.predict(real))
+        hs = np.bincount(ps, minlength=n)[:n] / len(samples)
+        hr = np.bincount(pr, minlength=n)[:n] / len(real)
         out["class_histogram"] = [float(v) for v in hs]
         out["real_class_histogram"] = [float(v) for v in hr]
         out["class_histogram_tv"] = float(0.5 * np.abs(hs - hr).sum())  # total variation distance
-    if space.probabilities is not None:
-        out.update(confidence_stats(space.probabilities(samples), confidence))
-        out["real_confident_fraction"] = confidence_stats(space.probabilities(real), confidence)["confident_fraction"]
+    if probs:
+        out.update(confidence_stats(probs[0], confidence))
+        out["real_confident_fraction"] = confidence_stats(probs[1], confidence)["confident_fraction"]
     return out
 
 

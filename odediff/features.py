@@ -76,7 +76,8 @@ class Classifier(nn.Module):
         )
 
 
-def _as_images(images: np.ndarray) -> np.ndarray:
+def as_images(images: np.ndarray) -> np.ndarray:
+    """float32 NHWC images with 1 or 3 channels, or ValueError saying what is wrong."""
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 4:
         raise ValueError(f"images must be NHWC, got shape {images.shape}")
@@ -88,7 +89,7 @@ def _jitted_apply(module: nn.Module, features: bool):
     return jax.jit(lambda p, x: module.apply({"params": p}, x, features=features))
 
 
-def _batched_apply(fn, params: Params, images: np.ndarray, batch_size: int) -> np.ndarray:
+def batched_apply(fn, params: Params, images: np.ndarray, batch_size: int) -> np.ndarray:
     """Apply `fn(params, batch)` over `images` in fixed-size (padded) batches."""
     n = images.shape[0]
     if n == 0:
@@ -107,13 +108,13 @@ def _batched_apply(fn, params: Params, images: np.ndarray, batch_size: int) -> n
 def classifier_logits(params: Params, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Logits `[N, num_classes]` (float32) of a trained `Classifier`."""
     fn = _jitted_apply(Classifier.from_params(params), False)
-    return _batched_apply(fn, params, _as_images(images), batch_size)
+    return batched_apply(fn, params, as_images(images), batch_size)
 
 
 def classifier_features(params: Params, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Penultimate-layer features `[N, hidden]` (float32) of a trained `Classifier`."""
     fn = _jitted_apply(Classifier.from_params(params), True)
-    return _batched_apply(fn, params, _as_images(images), batch_size)
+    return batched_apply(fn, params, as_images(images), batch_size)
 
 
 def classifier_predict(params: Params, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -135,7 +136,7 @@ def train_classifier(
 ) -> Params:
     """Train a `Classifier` with Adam on `images` (NHWC float in [-1, 1]) and
     integer `labels`; returns its params (the `"params"` collection)."""
-    images = _as_images(images)
+    images = as_images(images)
     labels = np.asarray(labels).astype(np.int32)
     if labels.shape != (images.shape[0],):
         raise ValueError(f"labels shape {labels.shape} != ({images.shape[0]},)")

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from odediff.features import Params, _as_images, _batched_apply
+from odediff.features import Params, as_images, batched_apply
 
 
 def _pad(p: int | tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -319,4 +319,4 @@ def inception_features(
 ) -> np.ndarray:
     """Pool3 features `[N, 2048]` of NHWC images in [-1, 1]."""
     fn = _jitted_inception(resize_input, fid_variant)
-    return _batched_apply(fn, variables, _as_images(images), batch_size)
+    return batched_apply(fn, variables, as_images(images), batch_size)

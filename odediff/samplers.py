@@ -36,7 +36,8 @@ def timesteps(num_timesteps: int, num_steps: int, spacing: str = "linspace") -> 
     if not 1 <= num_steps <= num_timesteps:
         raise ValueError(f"num_steps must be in [1, {num_timesteps}], got {num_steps}")
     if spacing == "trailing":
-        return (jnp.round(jnp.arange(num_timesteps, 0, -num_timesteps / num_steps)) - 1).astype(jnp.int32)
+        starts = num_timesteps - jnp.arange(num_steps, dtype=jnp.float32) * (num_timesteps / num_steps)
+        return jnp.round(starts).astype(jnp.int32) - 1
     if spacing != "linspace":
         raise ValueError(f"unknown spacing {spacing!r}: use one of {DISCRETE_SPACINGS}")
     if num_steps == 1:

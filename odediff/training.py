@@ -62,7 +62,7 @@ def train_step(
     def loss_fn(p, x0, t, noise):
         return loss_at(lambda p_, x, t_: apply_fn(p_, x, t_, k_dropout), p, schedule, x0, t, noise, prediction)
 
-    if accum_steps == 1:
+    if accum_steps == 1:  # no loop: XLA:CPU runs convolution gradients inside loops many times slower
         loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, t, noise)
     else:
         if batch.shape[0] % accum_steps:
