@@ -12,7 +12,8 @@ held-out by data.holdout_fraction (0.1: 9,000 / 1,000). Models: the DDPM U-Net
 1. Learning rate: every model runs the same sweep (--lrs, seed 0, --sweep_steps
    steps on the same batches); each keeps the rate with the lowest mean training
    loss over the sweep's last quarter. The seed-0 run at that rate continues as the
-   model's first seed.
+   model's first seed. A wider --lrs extends a finished sweep (only the new rates
+   run); a model whose choice moves starts its main runs at the new rate.
 2. Training: every model and seed advances in turns of --eval_every steps, so an
    interrupted experiment leaves all models at a like stage. After each turn a run
    is checkpointed (orbax, a run directory that sample.py, evaluate.py, nfe_sweep.py
@@ -80,6 +81,11 @@ SAMPLE_SEED = 1234
 
 def ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(",") if v)
+
+
+def extends_grid(old: str, new: str) -> bool:
+    """Whether the learning-rate grid `new` holds every rate of `old` (a sweep may grow)."""
+    return {float(v) for v in old.split(",")} <= {float(v) for v in new.split(",")}
 
 
 def make_config(a, model: str, lr: float, seed: int):
@@ -198,7 +204,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6000, help="train every run to this step (more continues)")
     ap.add_argument("--time_budget", type=float, default=0.0,
                     help="also stop a run once its training seconds reach this (equal wall clock); 0: no limit")
-    ap.add_argument("--lrs", default="5e-4,1e-3,2e-3", help="the learning-rate sweep grid, the same for every model")
+    ap.add_argument("--lrs", default="5e-4,1e-3,2e-3,4e-3,8e-3", help="the learning-rate sweep grid, the same for every model")
     ap.add_argument("--sweep_steps", type=int, default=300)
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--models", default=",".join(MODELS))
@@ -225,11 +231,15 @@ def main() -> None:
     path = out / "train_compare.json"
     record = json.loads(path.read_text()) if path.exists() else {}
     protocol = {k: getattr(a, k) for k in PROTOCOL}
-    if record and record["protocol"] != protocol:
+    if record:
         diff = [k for k in PROTOCOL if record["protocol"].get(k) != protocol[k]]
-        print(f"train_compare.py: {path} holds an experiment with other settings ({', '.join(diff)}): "
-              f"pass the same ones to continue it, or another --out", file=sys.stderr)
-        sys.exit(2)
+        if diff == ["lrs"] and extends_grid(record["protocol"]["lrs"], a.lrs):
+            print(f"extending the learning-rate sweep from {record['protocol']['lrs']} to {a.lrs}", flush=True)
+        elif diff:
+            print(f"train_compare.py: {path} holds an experiment with other settings ({', '.join(diff)}): "
+                  f"pass the same ones to continue it (a wider --lrs may extend the sweep), or another --out",
+                  file=sys.stderr)
+            sys.exit(2)
     if a.report_only:
         report(record, out)
         return
@@ -275,7 +285,7 @@ def main() -> None:
     record["lr"] = chosen
 
     runs = [Run(a, m, chosen[m], s, record["runs"], mesh) for s in seeds for m in models]
-    record["main_runs"] = sorted(set(record.get("main_runs", [])) | {r.name for r in runs})
+    record["main_runs"] = sorted(r.name for r in runs)
     for target in range(a.eval_every, a.steps + 1, a.eval_every):
         for r in runs:
             if a.time_budget and r.train_seconds >= a.time_budget and r.step < target:
