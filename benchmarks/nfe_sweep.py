@@ -20,7 +20,7 @@ from common import machine, markdown_table  # noqa: E402
 
 from odediff import data  # noqa: E402
 from odediff.evaluation import _all_images, default_cache_dir, evaluate_samples, feature_space  # noqa: E402
-from odediff.generation import generate, restore_run  # noqa: E402
+from odediff.generation import generate, restore_run, with_sampling  # noqa: E402
 
 
 def points(nfes: list[int]) -> list[tuple[str, int, dict]]:
@@ -41,7 +41,8 @@ def run_sweep(workdir: str, nfes: list[int], num: int, batch: int, cache_dir: Pa
     for name, steps, options in points(nfes):
         if (name, steps) in done:
             continue
-        samples, seconds, nfe = generate(config, params, num, sampler=name, num_steps=steps, batch=batch, **options)
+        samples, seconds, nfe = generate(with_sampling(config, sampler=name, steps=steps, **options), params, num,
+                                         batch=batch)
         fd = evaluate_samples(samples, real, space)["fd"]
         rows.append({"run": Path(workdir).name, "model": config.model.name, "workdir": workdir, "step": step, "sampler": name,
                      "steps": steps, "nfe": nfe, "num": num, "fd": fd, "seconds_per_image": seconds / num})

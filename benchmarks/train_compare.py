@@ -105,7 +105,7 @@ def make_config(a, model: str, lr: float, seed: int):
     c.training.warmup_steps = 100
     c.training.ema_decay = a.ema
     c.training.num_steps = a.steps
-    c.sampling.sampler, c.sampling.num_steps = "ddim", a.eval_steps
+    c.sampling.sampler, c.sampling.steps = "ddim", a.eval_steps
     return c
 
 

@@ -31,5 +31,5 @@ def get_config():
     c.training.sample_every = 10_000
     c.training.checkpoint_every = 5000
     c.sampling.sampler = "ddim"
-    c.sampling.num_steps = 256
+    c.sampling.steps = 256
     return c

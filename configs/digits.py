@@ -22,5 +22,5 @@ def get_config():
     c.training.ema_decay = 0.995
     c.training.sample_every = 1000
     c.training.checkpoint_every = 500
-    c.sampling.num_steps = 100
+    c.sampling.steps = 100
     return c

@@ -9,7 +9,9 @@ from absl import flags, logging as absl_logging
 from ml_collections import config_flags
 
 from odediff.checkpoint import CheckpointError
-from odediff.config import ConfigError
+import numpy as np
+
+from odediff.config import ConfigError, check_sampling
 from odediff.data import DataError
 
 CONFIGS = importlib.resources.files("odediff.configs")  # the repository's configs/, installed with the package
@@ -30,10 +32,10 @@ def _flag_failure(prog: str, e: Exception, argv: list[str]) -> str:
             e = e.args[0]
         lines = str(e.args[0] if e.args else e).splitlines() or ["?"]
         key = lines[0].strip("'\"")
-        pattern = re.compile(rf"--?config(\.\w+)*\.{re.escape(key)}(\.|=|$)")
-        where = next((a.split("=")[0] for a in argv if pattern.match(a)), "a --config.* override")
+        pattern = re.compile(rf"--?(config|sampling)(\.\w+)*\.{re.escape(key)}(\.|=|$)")
+        where = next((a.split("=")[0] for a in argv if pattern.match(a)), "a --config.* or --sampling.* override")
         hint = " ".join(lines[1:]).strip()
-        return f"unknown config field {key!r} in {where}" + (f": {hint[0].lower()}{hint[1:]}" if hint else "")
+        return f"unknown field {key!r} in {where}" + (f": {hint[0].lower()}{hint[1:]}" if hint else "")
     text = str(e).strip()
     return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
 
@@ -126,33 +128,93 @@ def train_main() -> None:
 # ---------------------------------------------------------------------------- sample.py
 
 
+SHORTHANDS = {"sampler": "sampler", "steps": "steps", "guidance": "guidance"}  # flag -> sampling field
+
+
+def define_sampling_flags(prog: str) -> None:
+    """--sampling.<field>=value, overriding the run's saved sampling block, and shorthands."""
+    from odediff.config import default_config
+
+    try:  # ml_collections applies the --sampling.* overrides right here
+        config_flags.DEFINE_config_dict(
+            "sampling", default_config().sampling,
+            "Sampling options; --sampling.<field>=value replaces the run's own (see odediff/config.py).")
+    except Exception as e:
+        _fail(prog, _flag_failure(prog, e, sys.argv))
+    flags.DEFINE_string("sampler", None, "Shorthand for --sampling.sampler: ancestral | ddim | ode | dpmpp2m.")
+    flags.DEFINE_integer("steps", None, "Shorthand for --sampling.steps; 0 with the ode sampler is adaptive.")
+    flags.DEFINE_float("guidance", None, "Shorthand for --sampling.guidance (classifier-free guidance scale).")
+
+
+def sampling_overrides(argv: list[str]) -> dict:
+    """The sampling fields this command line sets, by --sampling.<field> or a shorthand."""
+    f = flags.FLAGS
+    out = {}
+    for arg in argv:
+        if arg.startswith(("--sampling.", "-sampling.")):
+            key = arg.split("sampling.", 1)[1].split("=", 1)[0]
+            out[key] = f.sampling[key]
+    for flag, key in SHORTHANDS.items():
+        value = f[flag].value
+        if value is not None:
+            if key in out and out[key] != value:
+                raise ConfigError(f"--{flag}={value} and --sampling.{key}={out[key]} disagree: pass one of them")
+            out[key] = value
+    return out
+
+
+def parse_labels(spec: str | None, num_classes: int, num: int) -> tuple[np.ndarray | None, int]:
+    """--labels: "3", "1,7" or "all" -> (`num` samples of each class listed, class after
+    class; the number of grid columns), or (None, 0) without --labels."""
+    if not spec:
+        return None, 0
+    if not num_classes:
+        raise ConfigError(f"--labels={spec}: this run's model is unconditional (model.num_classes=0)")
+    try:
+        classes = list(range(num_classes)) if spec == "all" else [int(v) for v in spec.split(",")]
+    except ValueError:
+        raise ConfigError(f"--labels={spec} is not a class, a comma list of classes, or 'all'") from None
+    bad = [c for c in classes if not 0 <= c < num_classes]
+    if bad:
+        raise ConfigError(f"--labels={spec}: classes {bad} are not in [0, {num_classes})")
+    return np.repeat(np.asarray(classes, np.int32), num), (num if len(classes) > 1 else 0)
+
+
 def define_sample_flags() -> None:
     flags.DEFINE_string("workdir", None, "Run directory holding checkpoints/.", required=True)
     flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
-    flags.DEFINE_integer("num", 64, "Number of samples.")
-    flags.DEFINE_string("sampler", None, "ancestral | ddim | ode | dpmpp2m (default: the run's config).")
-    flags.DEFINE_integer("steps", None, "Sampler steps (default: the run's config); 0 with --sampler ode is adaptive.")
+    flags.DEFINE_integer("num", 64, "Number of samples (per class with --labels).")
+    flags.DEFINE_string("labels", None, "Class-conditional runs: a class, a comma list, or 'all' (one grid row "
+                        "per class); default: unconditional samples.")
     flags.DEFINE_integer("seed", 0, "Random seed.")
-    flags.DEFINE_string("out", None, "Output prefix: writes <out>.png and <out>.npz "
-                        "(default <workdir>/samples/sample_<step>_<sampler><steps>_seed<seed>).")
+    flags.DEFINE_string("out", None, "Output prefix: writes <out>.png, <out>.npz and <out>.json (the options) "
+                        "(default <workdir>/samples/sample_<step>_<sampler><steps>[_cfg<w>][_class<labels>]_seed<seed>).")
+    define_sampling_flags("sample.py")
 
 
 def sample_main() -> None:
     from odediff import parallel
-    from odediff.generation import generate, restore_run, write_samples
+    from odediff.generation import describe_sampling, generate, restore_run, with_sampling, write_samples
 
     f = flags.FLAGS
-    if f.num <= 0 or (f.steps is not None and f.steps < 0):
-        raise ConfigError(f"--num must be positive and --steps not negative, got --num={f.num} --steps={f.steps}")
-    parallel.use_cpu_cores(f.num)
+    if f.num <= 0:
+        raise ConfigError(f"--num must be positive, got --num={f.num}")
+    parallel.use_cpu_cores(f.num)  # with --labels, a multiple of --num is drawn
     config, params, step = restore_run(f.workdir, f.step)
-    sampler = f.sampler or config.sampling.sampler
-    steps = config.sampling.num_steps if f.steps is None else f.steps
-    out = f.out or str(Path(f.workdir) / "samples" / f"sample_{step}_{sampler}{steps}_seed{f.seed}")
-    samples, seconds, nfe = generate(config, params, f.num, sampler=sampler, num_steps=steps, seed=f.seed)
-    png, npz = write_samples(samples, out)
-    print(f"{f.num} samples from step {step} ({sampler}, {nfe} evaluations) in {seconds:.2f} s "
-          f"= {f.num / seconds:.2f} samples/s -> {png}, {npz}")
+    config = with_sampling(config, **sampling_overrides(sys.argv))
+    check_sampling(config.sampling)
+    sc = config.sampling
+    labels, cols = parse_labels(f.labels, config.model.num_classes, f.num)
+    num = f.num if labels is None else len(labels)
+    tag = (f"_cfg{sc.guidance:g}" if sc.guidance else "") + (f"_class{f.labels.replace(',', '-')}" if f.labels else "")
+    out = f.out or str(Path(f.workdir) / "samples" / f"sample_{step}_{sc.sampler}{sc.steps}{tag}_seed{f.seed}")
+    samples, seconds, nfe = generate(config, params, num, seed=f.seed, labels=labels)
+    record = {"workdir": str(f.workdir), "step": step, "seed": f.seed, "num": num, "nfe": nfe,
+              "labels": None if labels is None else labels.tolist(), "sampling": sc.to_dict(),
+              "model": config.model.name, "sample_seconds": seconds}
+    png, npz, js = write_samples(samples, out, record, cols=cols)
+    print(f"{num} samples from step {step} ({describe_sampling(sc)}; {nfe} evaluations) in {seconds:.2f} s "
+          f"= {num / seconds:.2f} samples/s -> {png}, {npz}, {js}")
 
 
 def train_entry() -> None:

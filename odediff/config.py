@@ -23,6 +23,7 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "cunet"  # cunet | unet: which of the two sub-configs below is built
+    c.model.num_classes = 0  # > 0: class-conditional (labels from the data source), plus a null class
 
     c.model.cunet = ml_collections.ConfigDict()
     c.model.cunet.nf = 16  # stem width
@@ -71,13 +72,44 @@ def default_config() -> ml_collections.ConfigDict:
     c.training.checkpoint_every = 500
     c.training.keep_checkpoints = 3
     c.training.nonfinite = "stop"  # stop | skip
+    c.training.cond_drop_prob = 0.1  # conditional models: share of labels replaced by the null class
 
-    c.sampling = ml_collections.ConfigDict()
+    c.sampling = ml_collections.ConfigDict()  # sample.py / evaluate.py: --sampling.<field>=value
     c.sampling.sampler = "ddim"  # ancestral | ddim | ode | dpmpp2m
-    c.sampling.num_steps = 100
-    c.sampling.eta = 0.0
-    c.sampling.num_samples = 64
+    c.sampling.steps = 100  # model evaluations; 0 with "ode": adaptive
+    c.sampling.eta = 0.0  # ddim: 0 deterministic, 1 DDPM-like
+    c.sampling.solver = "tsit5"  # ode: euler | heun | midpoint | rk4 | tsit5 | dopri5
+    c.sampling.rtol = 1e-3  # ode, adaptive (steps 0)
+    c.sampling.atol = 1e-3
+    c.sampling.spacing = ""  # "": the sampler's default; linspace | trailing (ancestral, ddim);
+    #                          time_uniform | logsnr | time_quadratic (ode, dpmpp2m)
+    c.sampling.clip = ml_collections.config_dict.placeholder(bool)  # clip x0 estimates; None: sampler default
+    c.sampling.continuous_t = False  # ode, dpmpp2m: the model gets float t between grid steps
+    c.sampling.guidance = 0.0  # classifier-free guidance w: eps = (1 + w) eps(x, c) - w eps(x, null)
+    c.sampling.num_samples = 64  # the grids written during training
     return c
+
+
+# Fields renamed since a saved config could have been written: old dotted key -> new.
+RENAMED = {"sampling.num_steps": "sampling.steps"}
+
+
+def complete_config(saved: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """A saved config (dict) as a ConfigDict with every current field: renamed fields
+    moved, fields added to odediff since at their defaults."""
+    saved = json.loads(json.dumps(saved))
+    for old, new in RENAMED.items():
+        (a, b), (_, d) = old.split("."), new.split(".")
+        if b in saved.get(a, {}):
+            saved[a].setdefault(d, saved[a].pop(b))
+
+    def merge(default: dict, given: Mapping[str, Any]) -> dict:
+        out = dict(default)
+        for k, v in given.items():
+            out[k] = merge(default[k], v) if isinstance(v, Mapping) and isinstance(default.get(k), dict) else v
+        return out
+
+    return ml_collections.ConfigDict(merge(default_config().to_dict(), saved))
 
 
 class ConfigError(ValueError):
@@ -117,12 +149,9 @@ def config_to_json(config: ml_collections.ConfigDict) -> str:
 def config_differences(saved: Mapping[str, Any], config: ml_collections.ConfigDict) -> list[str]:
     """Keys whose values differ between a saved config and this one, ignoring resumable keys;
     a key the saved config lacks (added to odediff since) counts as holding its default."""
-    a, b = flatten(saved), flatten(json.loads(config_to_json(config)))
-    defaults = flatten(json.loads(config_to_json(default_config())))
-    return sorted(
-        k for k in set(a) | set(b)
-        if a.get(k, defaults.get(k)) != b.get(k) and not k.startswith(RESUMABLE_KEYS)
-    )
+    a = flatten(json.loads(config_to_json(complete_config(saved))))
+    b = flatten(json.loads(config_to_json(config)))
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not k.startswith(RESUMABLE_KEYS))
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -142,6 +171,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             f"data.image_size={size} is not divisible by {factor}, which the {config.model.name} "
             f"with ch_mult={tuple(config.model[config.model.name].ch_mult)} needs: use a multiple of {factor}"
         )
+    if not isinstance(flat["model.num_classes"], int) or flat["model.num_classes"] < 0:
+        raise ConfigError(f"model.num_classes={flat['model.num_classes']!r} must be 0 (unconditional) or the "
+                          f"number of classes of the data")
+    if not 0.0 <= flat["training.cond_drop_prob"] < 1.0:
+        raise ConfigError(f"training.cond_drop_prob={flat['training.cond_drop_prob']!r} must be in [0, 1)")
+    check_sampling(config.sampling)
     for key in ("training.batch_size", "training.grad_accum_steps", "training.num_steps", "training.log_every",
                 "training.sample_every", "training.checkpoint_every", "sampling.num_samples"):
         if not isinstance(flat[key], int) or flat[key] <= 0:
@@ -149,6 +184,30 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if flat["training.batch_size"] % flat["training.grad_accum_steps"]:
         raise ConfigError(f"training.batch_size={flat['training.batch_size']} does not split into "
                           f"training.grad_accum_steps={flat['training.grad_accum_steps']} micro-batches")
+
+
+def check_sampling(sampling: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError naming the first field of a sampling block no sampler could use."""
+    from odediff.models.ode import ADAPTIVE, SOLVERS
+    from odediff.samplers import DISCRETE_SPACINGS, SAMPLERS, SPACINGS
+
+    s = sampling
+    if s.sampler not in SAMPLERS:
+        raise ConfigError(f"sampling.sampler={s.sampler!r} is not one of {tuple(SAMPLERS)}")
+    if not isinstance(s.steps, int) or s.steps < 0 or (s.steps == 0 and s.sampler != "ode"):
+        raise ConfigError(f"sampling.steps={s.steps!r} must be a positive integer (0, adaptive, only with "
+                          f"sampling.sampler=ode)")
+    if s.sampler == "ode" and s.solver not in SOLVERS:
+        raise ConfigError(f"sampling.solver={s.solver!r} is not one of {tuple(SOLVERS)}")
+    if s.sampler == "ode" and s.steps == 0 and s.solver not in ADAPTIVE:
+        raise ConfigError(f"sampling.steps=0 (adaptive) needs a solver with an error estimate: "
+                          f"sampling.solver one of {tuple(ADAPTIVE)}")
+    spacings = DISCRETE_SPACINGS if s.sampler in ("ancestral", "ddim") else SPACINGS
+    if s.spacing and s.spacing not in spacings:
+        raise ConfigError(f"sampling.spacing={s.spacing!r} does not suit sampler {s.sampler!r}: use one of "
+                          f"{spacings}, or '' for its default")
+    if s.guidance < 0:
+        raise ConfigError(f"sampling.guidance={s.guidance!r} must not be negative")
 
 
 def load_config_file(path: str | Path) -> ml_collections.ConfigDict:

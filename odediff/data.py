@@ -422,16 +422,21 @@ def get_batch(
     step: int,
     process_index: int = 0,
     process_count: int = 1,
-) -> np.ndarray:
-    """This process's contiguous slice of global batch `step`: float32 [-1, 1] NHWC."""
+    with_labels: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """This process's contiguous slice of global batch `step`: float32 [-1, 1] NHWC, and
+    with `with_labels` also its int32 labels, as (images, labels)."""
     if process_count <= 0 or batch_size % process_count != 0:
         raise DataError(f"batch_size={batch_size} is not divisible by process_count={process_count}")
     if not 0 <= process_index < process_count:
         raise DataError(f"process_index={process_index} is not in [0, {process_count})")
     per_process = batch_size // process_count
     local = slice(process_index * per_process, (process_index + 1) * per_process)
-    images = source[batch_indices(len(source), batch_size, seed, step)[local]]
+    idx = batch_indices(len(source), batch_size, seed, step)[local]
+    if with_labels and not source.has_labels:
+        raise DataError(f"{source.name} has no labels: use a labelled source for a class-conditional model")
+    images = source[idx]
     if data_config.random_flip:
         flip = flip_mask(batch_size, seed, step)[local]
         images[flip] = images[flip, :, ::-1]
-    return to_model_range(images)
+    return (to_model_range(images), source.get_labels(idx)) if with_labels else to_model_range(images)

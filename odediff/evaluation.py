@@ -150,6 +150,7 @@ def evaluate_samples(
     kid_subset_size: int = 1000,
     pr_k: int = 3,
     confidence: float = 0.9,
+    labels: np.ndarray | None = None,
 ) -> dict:
     """FD, KID (mean, std), precision, recall of uint8 NHWC `samples` against `real`,
     and the classifier's class histogram of both. With `reference` (other real
@@ -159,7 +160,9 @@ def evaluate_samples(
     images' per-dimension mean and std (the raw activations have no common scale), and
     where the space gives class probabilities, `confident_fraction` is the share of
     samples whose top class has probability >= `confidence`, and `confident_entropy`
-    the entropy (bits; log2(classes) when uniform) of those samples' class histogram."""
+    the entropy (bits; log2(classes) when uniform) of those samples' class histogram.
+    With the `labels` a conditional model was asked for, `class_accuracy` is the share
+    of samples the classifier assigns to their requested class."""
     samples, real = np.asarray(samples), np.asarray(real)
     if samples.dtype != np.uint8 or real.dtype != np.uint8:
         raise ValueError(f"evaluate_samples takes uint8 images, got {samples.dtype}, {real.dtype}")
@@ -196,6 +199,8 @@ def evaluate_samples(
         out["class_histogram"] = [float(v) for v in hs]
         out["real_class_histogram"] = [float(v) for v in hr]
         out["class_histogram_tv"] = float(0.5 * np.abs(hs - hr).sum())  # total variation distance
+        if labels is not None:
+            out["class_accuracy"] = float(np.mean(ps == np.asarray(labels)))
     if probs:
         out.update(confidence_stats(probs[0], confidence))
         out["real_confident_fraction"] = confidence_stats(probs[1], confidence)["confident_fraction"]
@@ -228,6 +233,8 @@ def format_metrics(result: dict) -> str:
         rows.append(["class histogram (samples)", " ".join(f"{v:.2f}" for v in result["class_histogram"])])
         rows.append(["class histogram (real)", " ".join(f"{v:.2f}" for v in result["real_class_histogram"])])
         rows.append(["histogram total variation", f"{result['class_histogram_tv']:.3f}"])
+    if "class_accuracy" in result:
+        rows.append(["samples classified as their requested class", f"{result['class_accuracy']:.3f}"])
     if "confident_fraction" in result:
         rows.append([f"samples classified with p >= {result['confidence']}", f"{result['confident_fraction']:.3f}"])
         rows.append(["entropy of their class histogram (bits)", f"{result['confident_entropy']:.3f}"])
@@ -245,8 +252,7 @@ def evaluate_run(
     *,
     step: int | None = None,
     num: int = 1000,
-    sampler: str | None = None,
-    num_steps: int | None = None,
+    sampling: dict | None = None,
     seed: int = 0,
     batch: int = 250,
     cache_dir: str | Path | None = None,
@@ -254,17 +260,18 @@ def evaluate_run(
     classifier_steps: int = 1000,
     num_real: int | None = None,
 ) -> tuple[dict, Path]:
-    """Generates `num` samples of a run's EMA params, compares them with the held-out
-    ("test") split and writes <workdir>/eval_<step>_<sampler><steps>.json."""
-    from odediff.generation import generate, restore_run
+    """Generates `num` samples of a run's EMA params with its sampling block (fields in
+    `sampling` replaced), compares them with the held-out ("test") split and writes
+    <workdir>/eval_<step>_<sampler><steps>[_cfg<w>].json. A class-conditional run
+    draws the classes in turn and is also scored on `class_accuracy`."""
+    from odediff.generation import class_labels, describe_sampling, generate, restore_run, with_sampling
 
     if num < 2:
         raise ConfigError(f"--num must be at least 2, got {num}")
-    if num_steps is not None and num_steps < 0:
-        raise ConfigError(f"--steps must not be negative, got {num_steps}")
     config, params, step = restore_run(workdir, step)
-    sampler = sampler or config.sampling.sampler
-    steps = config.sampling.num_steps if num_steps is None else num_steps
+    config = with_sampling(config, **(sampling or {}))
+    sc = config.sampling
+    labels = class_labels(config.model.num_classes, num) if config.model.num_classes else None
     cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir(workdir)
     space = feature_space(config.data, cache_dir, inception_weights=inception_weights,
                           classifier_steps=classifier_steps)
@@ -272,15 +279,15 @@ def evaluate_run(
     real, _ = _all_images(test, num_real or num, seed=1)
     train = data_lib.load_source(config.data, "train")
     reference, _ = _all_images(train, len(real), seed=2)
-    samples, seconds, nfe = generate(config, params, num, sampler=sampler, num_steps=steps,
-                                               seed=seed, batch=batch)
-    result = evaluate_samples(samples, real, space, reference=reference)
+    samples, seconds, nfe = generate(config, params, num, seed=seed, batch=batch, labels=labels)
+    result = evaluate_samples(samples, real, space, reference=reference, labels=labels)
     result.update({
-        "workdir": str(workdir), "step": step, "model": config.model.name, "sampler": sampler,
-        "steps": steps, "nfe": nfe, "seed": seed, "sample_seconds": seconds,
+        "workdir": str(workdir), "step": step, "model": config.model.name, "sampler": sc.sampler,
+        "steps": sc.steps, "sampling": sc.to_dict(), "sampling_used": describe_sampling(sc), "nfe": nfe, "seed": seed, "sample_seconds": seconds,
         "samples_per_second": num / max(seconds, 1e-9), "data_source": str(config.data.source),
         "real_split": "test", "reference_split": "train",
     })
-    path = Path(workdir) / f"eval_{step}_{sampler}{steps}.json"
+    name = f"eval_{step}_{sc.sampler}{sc.steps}" + (f"_cfg{sc.guidance:g}" if sc.guidance else "")
+    path = Path(workdir) / f"{name}.json"
     path.write_text(json.dumps(result, indent=2))
     return result, path

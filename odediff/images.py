@@ -7,10 +7,11 @@ import numpy as np
 from PIL import Image
 
 
-def image_grid(images: np.ndarray, pad: int = 1) -> np.ndarray:
-    """uint8 (N, H, W, C) -> one uint8 (rows*H, cols*W, C) mosaic, as square as N allows."""
+def image_grid(images: np.ndarray, pad: int = 1, cols: int = 0) -> np.ndarray:
+    """uint8 (N, H, W, C) -> one uint8 (rows*H, cols*W, C) mosaic, `cols` images per row
+    (0: as square as N allows)."""
     n, h, w, c = images.shape
-    cols = math.ceil(math.sqrt(n))
+    cols = cols or math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
     grid = np.zeros((rows * (h + pad) + pad, cols * (w + pad) + pad, c), np.uint8)
     for i, img in enumerate(images):
@@ -19,9 +20,9 @@ def image_grid(images: np.ndarray, pad: int = 1) -> np.ndarray:
     return grid
 
 
-def save_grid(images: np.ndarray, path: str | Path, scale: int = 1) -> Path:
-    """Writes uint8 NHWC images as one PNG grid, each pixel `scale` x `scale`."""
-    grid = image_grid(images)
+def save_grid(images: np.ndarray, path: str | Path, scale: int = 1, cols: int = 0) -> Path:
+    """Writes uint8 NHWC images as one PNG grid (`cols` per row), each pixel `scale` x `scale`."""
+    grid = image_grid(images, cols=cols)
     if scale > 1:
         grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
     path = Path(path)

@@ -2,9 +2,9 @@
 
 Every sampler takes `(apply_fn, params, key, shape, schedule, num_steps, ...)`,
 where `apply_fn(params, x, t)` returns the denoiser output for x (B, H, W, C) and
-steps t (B,) (int32; float32 with `continuous_t=True`), and returns images in
-[-1, 1]; `ode_sample` also returns its number of model evaluations. `sample`
-calls any of them by name and returns `(images, nfe)`.
+steps t (B,) (int32; float32 with `continuous_t=True`), and returns `(images, nfe)`:
+images in [-1, 1] and the number of model evaluations per sample (int32). `sample`
+calls any of them by name.
 
 All of them draw the initial noise x_T ~ N(0, I) from `key` the same way, so the
 deterministic samplers (DDIM eta=0, ODE, DPM-Solver++) start from the same x_T.
@@ -115,7 +115,7 @@ def ancestral_sample(
     prediction: str = "eps",
     clip: bool = True,
     spacing: str = "linspace",
-) -> jax.Array:
+) -> tuple[jax.Array, jax.Array]:
     """DDPM ancestral sampling (Ho et al.): x_{t-1} ~ q(x_{t-1} | x_t, x0_hat).
 
     With fewer steps than T the chain is respaced (Nichol & Dhariwal): the
@@ -126,7 +126,7 @@ def ancestral_sample(
     def step(x, t, t_prev, key):
         return ancestral_step(apply_fn, params, schedule, x, t, t_prev, key, prediction, clip)[0]
 
-    return _reverse(step, key, shape, schedule, num_steps, spacing)
+    return _reverse(step, key, shape, schedule, num_steps, spacing), jnp.asarray(num_steps, jnp.int32)
 
 
 def ddim_sample(
@@ -140,14 +140,14 @@ def ddim_sample(
     prediction: str = "eps",
     clip: bool = True,
     spacing: str = "linspace",
-) -> jax.Array:
+) -> tuple[jax.Array, jax.Array]:
     """DDIM (Song et al. 2021); eta = 0 is deterministic, eta = 1 matches ancestral.
     `spacing`: see `timesteps`."""
 
     def step(x, t, t_prev, key):
         return ddim_step(apply_fn, params, schedule, x, t, t_prev, key, prediction, clip, eta)[0]
 
-    return _reverse(step, key, shape, schedule, num_steps, spacing)
+    return _reverse(step, key, shape, schedule, num_steps, spacing), jnp.asarray(num_steps, jnp.int32)
 
 
 def _t_of(table: jax.Array, log_sigma: jax.Array, continuous_t: bool) -> jax.Array:
@@ -283,7 +283,7 @@ def dpmpp2m_sample(
     continuous_t: bool = False,
     prediction: str = "eps",
     clip: bool = False,
-) -> jax.Array:
+) -> tuple[jax.Array, jax.Array]:
     """DPM-Solver++(2M) (Lu et al. 2022): the multistep second-order data-prediction solver.
 
     The model is evaluated at the `num_steps` points of `step_grid` (t = T-1 .. 0);
@@ -308,13 +308,13 @@ def dpmpp2m_sample(
     x, _ = _noise(key, shape)
     (x, _), _ = jax.lax.scan(step, (x, jnp.zeros_like(x)), jnp.arange(num_steps - 1))
     x0, _ = _denoise(apply_fn, params, x, ts[-1], sa[-1], sb[-1], prediction, clip)
-    return jnp.clip(x0, -1.0, 1.0)
+    return jnp.clip(x0, -1.0, 1.0), jnp.asarray(num_steps, jnp.int32)
 
 
-SAMPLERS: dict[str, Callable[..., jax.Array | tuple[jax.Array, jax.Array]]] = {
+SAMPLERS: dict[str, Callable[..., tuple[jax.Array, jax.Array]]] = {
     "ancestral": ancestral_sample,
     "ddim": ddim_sample,
-    "ode": ode_sample,  # returns (images, nfe)
+    "ode": ode_sample,
     "dpmpp2m": dpmpp2m_sample,
 }
 
@@ -329,13 +329,10 @@ def sample(
     num_steps: int | None = None,
     **options,
 ) -> tuple[jax.Array, jax.Array]:
-    """Any sampler by name, as (images, nfe); nfe is num_steps except for the ODE."""
+    """Any sampler by name, as (images, nfe); num_steps None is the sampler's default."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}: use one of {sorted(SAMPLERS)}")
-    if name == "ode":
-        return ode_sample(apply_fn, params, key, shape, schedule, num_steps, **options)
     fn = SAMPLERS[name]
     if num_steps is None:
-        num_steps = inspect.signature(fn).parameters["num_steps"].default or schedule.num_timesteps
-    images = fn(apply_fn, params, key, shape, schedule, num_steps, **options)
-    return images, jnp.asarray(num_steps, jnp.int32)
+        num_steps = inspect.signature(fn).parameters["num_steps"].default
+    return fn(apply_fn, params, key, shape, schedule, num_steps, **options)

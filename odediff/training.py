@@ -21,7 +21,7 @@ import optax
 from odediff import data, images, parallel
 from odediff.checkpoint import FORMAT_VERSION, Checkpointer
 from odediff.config import ConfigError, check_config, config_differences, config_to_json
-from odediff.generation import make_sample_fn
+from odediff.generation import class_labels, make_sample_fn
 from odediff.models import build_denoiser
 from odediff.schedule import Schedule, draw_steps_and_noise, loss_at, make_schedule
 from odediff.train_state import (TrainState, abstract_train_state, create_train_state, learning_rate_schedule,
@@ -44,12 +44,13 @@ def ema_decay(decay: float, step: jax.Array) -> jax.Array:
 
 def train_step(
     apply_fn: Callable, tx: optax.GradientTransformation, schedule: Schedule, state: TrainState, batch: jax.Array,
-    key: jax.Array, *, prediction: str = "eps", ema: float = 0.999, stop_on_nonfinite: bool = True,
-    accum_steps: int = 1,
+    key: jax.Array, *, labels: jax.Array | None = None, prediction: str = "eps", ema: float = 0.999,
+    stop_on_nonfinite: bool = True, accum_steps: int = 1,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One update of `state` on a batch of images in [-1, 1], usable from any JAX code.
 
-    `apply_fn(params, x, t, key)` is the denoiser in training mode (`key` for its dropout);
+    `apply_fn(params, x, t, key)` is the denoiser in training mode (`key` for its dropout),
+    `apply_fn(params, x, t, key, labels)` when class `labels` (B,) are given;
     `key` draws the diffusion steps, the noise and the dropout. With `accum_steps` k > 1
     the batch is processed as k micro-batches in sequence (a lax.scan, so activations
     are held for one micro-batch at a time) and their mean gradient applied: the same
@@ -59,11 +60,12 @@ def train_step(
     k_loss, k_dropout = jax.random.split(key)
     t, noise = draw_steps_and_noise(schedule, batch, k_loss)
 
-    def loss_fn(p, x0, t, noise):
-        return loss_at(lambda p_, x, t_: apply_fn(p_, x, t_, k_dropout), p, schedule, x0, t, noise, prediction)
+    def loss_fn(p, x0, t, noise, y):
+        extra = () if y is None else (y,)
+        return loss_at(lambda p_, x, t_: apply_fn(p_, x, t_, k_dropout, *extra), p, schedule, x0, t, noise, prediction)
 
     if accum_steps == 1:  # no loop: XLA:CPU runs convolution gradients inside loops many times slower
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, t, noise)
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, t, noise, labels)
     else:
         if batch.shape[0] % accum_steps:
             raise ValueError(f"a batch of {batch.shape[0]} does not split into {accum_steps} micro-batches")
@@ -74,7 +76,8 @@ def train_step(
             return jax.tree.map(jnp.add, total, (loss, grads)), None
 
         zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
-        (loss, grads), _ = jax.lax.scan(add, zero, (micro(batch), micro(t), micro(noise)))
+        ys = None if labels is None else micro(labels)
+        (loss, grads), _ = jax.lax.scan(add, zero, (micro(batch), micro(t), micro(noise), ys))
         loss, grads = jax.tree.map(lambda a: a / accum_steps, (loss, grads))
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -98,14 +101,25 @@ def train_step(
 
 def make_train_step(model, tx: optax.GradientTransformation, schedule: Schedule, config: ml_collections.ConfigDict):
     """`(state, batch) -> (state, metrics)`: `train_step` with the model and settings of a
-    config, its key a function of (config.seed, state.step)."""
+    config, its key a function of (config.seed, state.step). A class-conditional model
+    takes `batch` as (images, labels) and sees each label replaced by the null class with
+    probability `training.cond_drop_prob` (classifier-free guidance training)."""
+    num_classes = config.model.get("num_classes", 0)
 
-    def apply(p, x, t, key):
-        return model.apply({"params": p}, x, t, train=True, rngs={"dropout": key})
+    def apply(p, x, t, key, labels=None):
+        return model.apply({"params": p}, x, t, labels, train=True, rngs={"dropout": key})
 
-    def step_fn(state: TrainState, batch: jax.Array):
+    def step_fn(state: TrainState, batch):
+        images, labels = batch if isinstance(batch, (tuple, list)) else (batch, None)
+        if (labels is None) != (not num_classes):
+            raise ValueError(f"model.num_classes={num_classes}: the batch must be "
+                             f"{'(images, labels)' if num_classes else 'images alone'}")
         key = jax.random.fold_in(jax.random.split(jax.random.key(config.seed))[1], state.step)
-        return train_step(apply, tx, schedule, state, batch, key, prediction=config.diffusion.prediction,
+        if labels is not None:
+            drop = jax.random.bernoulli(jax.random.fold_in(key, 1), config.training.cond_drop_prob, labels.shape)
+            labels = jnp.where(drop, num_classes, labels)
+        return train_step(apply, tx, schedule, state, images, key, labels=labels,
+                          prediction=config.diffusion.prediction,
                           ema=config.training.ema_decay, stop_on_nonfinite=config.training.nonfinite == "stop",
                           accum_steps=config.training.grad_accum_steps)
 
@@ -163,6 +177,21 @@ def checkpoint_meta(config: ml_collections.ConfigDict, step: int) -> dict:
             "config": json.loads(config_to_json(config))}
 
 
+def check_labels_available(config: ml_collections.ConfigDict, source: data.ImageSource) -> bool:
+    """Whether the model is class-conditional; ConfigError if its data cannot serve it."""
+    k = config.model.num_classes
+    if not k:
+        return False
+    if not source.has_labels:
+        raise ConfigError(f"model.num_classes={k} needs labels, but data.source={config.data.source} has none: "
+                          f"use a labelled source (digits, idx: with label files, tfds:, npz: with 'labels') "
+                          f"or model.num_classes=0")
+    if source.num_classes is not None and source.num_classes > k:
+        raise ConfigError(f"data.source={config.data.source} has labels up to {source.num_classes - 1}, more than "
+                          f"model.num_classes={k}: set --config.model.num_classes={source.num_classes}")
+    return True
+
+
 def _check_workdir_config(workdir: Path, config, allow_config_change: bool) -> None:
     """Refuses to mix runs: a workdir's config.json must match unless overriding is asked for."""
     path = workdir / "config.json"
@@ -189,6 +218,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     check_config(config)
     parallel.check_batch_size(config.training.batch_size)
     source = data.load_source(config.data, "train")
+    conditional = check_labels_available(config, source)
     _check_workdir_config(workdir, config, allow_config_change)
     tc = config.training
     is_main = jax.process_index() == 0
@@ -217,6 +247,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
         donate_argnums=0,
     )
     sample_fn = make_sample_fn(model, schedule, config, config.sampling.num_samples)
+    grid_labels = class_labels(config.model.num_classes, config.sampling.num_samples) if conditional else None
     writer = _Writer(workdir, is_main)
     pending, t_last, step_last = [], time.time(), start
 
@@ -228,8 +259,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
         step = start
         while step < tc.num_steps:
             local = data.get_batch(source, config.data, tc.batch_size, config.seed, step,
-                                   jax.process_index(), jax.process_count())
-            state, metrics = step_fn(state, parallel.global_batch(local, mesh))
+                                   jax.process_index(), jax.process_count(), with_labels=conditional)
+            batch = jax.tree.map(lambda a: parallel.global_batch(a, mesh), local)
+            state, metrics = step_fn(state, batch)
             pending.append(metrics)
             step += 1
             bar.update(1)
@@ -245,7 +277,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
                 bar.set_postfix(loss=f"{stats['loss']:.4f}", refresh=False)
                 pending, t_last, step_last = [], now, step
             if step % tc.sample_every == 0 or last:
-                grid = parallel.to_host(sample_fn(state.ema_params, jax.random.key(config.seed))[0])
+                grid = parallel.to_host(sample_fn(state.ema_params, jax.random.key(config.seed), grid_labels)[0])
                 if is_main:
                     images.save_grid(data.to_uint8(grid), workdir / "samples" / f"step_{step:08d}.png", scale=2)
             if save_now:

@@ -12,7 +12,7 @@ TINY = [
     "--config.model.unet.ch=32", "--config.model.unet.ch_mult=(1,2)", "--config.model.unet.num_res_blocks=1",
     "--config.data.image_size=8", "--config.training.batch_size=8", "--config.training.log_every=2",
     "--config.training.sample_every=1000", "--config.training.checkpoint_every=2",
-    "--config.sampling.num_samples=4", "--config.sampling.num_steps=3", "--config.diffusion.num_timesteps=50",
+    "--config.sampling.num_samples=4", "--config.sampling.steps=3", "--config.diffusion.num_timesteps=50",
 ]
 
 
@@ -26,7 +26,7 @@ def tiny_config(name: str = "cunet"):
     c.model.unet.update(ch=32, ch_mult=(1, 2), num_res_blocks=1)
     c.data.image_size = 8
     c.training.update(batch_size=8, log_every=2, sample_every=1000, checkpoint_every=2)
-    c.sampling.update(num_samples=4, num_steps=3)
+    c.sampling.update(num_samples=4, steps=3)
     c.diffusion.num_timesteps = 50
     return c
 

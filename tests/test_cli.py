@@ -94,3 +94,26 @@ def test_config_names_resolve_to_the_shipped_configs_from_any_directory(tmp_path
         cli.resolve_config_arg(["train.py", "--config=nope"])
     assert e.value.code == 2
     assert "config file nope does not exist: pass a path to one, or one of configs/celeba64.py" in capsys.readouterr().err
+
+
+def test_conditional_run_samples_by_class_with_every_sampler_option_from_the_command_line(tmp_path):
+    wd = tmp_path / "cond"
+    _ok(run("train.py", "--config=digits_cond", f"--workdir={wd}", "--config.training.num_steps=2", *TINY))
+    out = tmp_path / "s" / "by_class"
+    proc = _ok(run("sample.py", f"--workdir={wd}", "--num=2", "--labels=all", "--guidance=2",
+                   "--sampling.sampler=ode", "--sampling.solver=heun", "--sampling.steps=20", f"--out={out}"))
+    assert "ode steps=20 solver=heun" in proc.stdout and "guidance=2" in proc.stdout
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["sampling"]["solver"] == "heun" and record["sampling"]["steps"] == 20
+    assert record["nfe"] == 2 * 19 + 1 and record["labels"] == [c for c in range(10) for _ in range(2)]
+    saved = np.load(out.with_suffix(".npz"))
+    assert saved["images"].shape == (20, 8, 8, 1) and saved["labels"].tolist() == record["labels"]
+
+    for args, message in [
+        (["--labels=11"], "classes [11] are not in [0, 10)"),
+        (["--steps=3", "--sampling.steps=4"], "disagree"),
+        (["--sampling.solver=nope", "--sampler=ode"], "sampling.solver='nope' is not one of"),
+        (["--sampling.stepz=3"], "unknown field 'stepz' in --sampling.stepz"),
+    ]:
+        proc = run("sample.py", f"--workdir={wd}", "--num=2", *args)
+        assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

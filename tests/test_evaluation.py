@@ -139,12 +139,13 @@ def test_evaluate_py_end_to_end(tmp_path):
     wd = tmp_path / "run"
     proc = run("train.py", f"--workdir={wd}", "--config.training.num_steps=2", *TINY)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = run("evaluate.py", f"--workdir={wd}", "--num=20", "--steps=2", "--batch=8",
-               f"--cache_dir={tmp_path / 'cache'}", "--classifier_steps=20")
+    proc = run("evaluate.py", f"--workdir={wd}", "--num=20", "--sampling.sampler=dpmpp2m", "--steps=2", "--batch=8",
+               "--sampling.spacing=time_uniform", f"--cache_dir={tmp_path / 'cache'}", "--classifier_steps=20")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "FD (classifier features)" in proc.stdout
-    out = json.loads((wd / "eval_2_ddim2.json").read_text())
+    assert "FD (classifier features)" in proc.stdout and "dpmpp2m steps=2 spacing=time_uniform" in proc.stdout
+    out = json.loads((wd / "eval_2_dpmpp2m2.json").read_text())
     assert out["num_samples"] == 20 and np.isfinite(out["fd"]) and len(out["class_histogram"]) == 10
+    assert out["sampling"]["spacing"] == "time_uniform" and out["sampling"]["eta"] == 0.0
     # a missing run is one line and exit 2
     proc = run("evaluate.py", f"--workdir={tmp_path / 'nope'}", "--num=4")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -318,7 +318,7 @@ def existing(reference, tmp_path_factory) -> Path:
 BAD_TRAIN = {
     "unknown config file": (["--config=configs/nope.py"], 1, r"config file configs/nope.py does not exist: pass a path to one, or one of"),
     "unknown config key": (["--config.training.batch_sise=8"], 1,
-                           r"unknown config field 'batch_sise' in --config.training.batch_sise: did you mean"),
+                           r"unknown field 'batch_sise' in --config.training.batch_sise: did you mean"),
     "wrong type": (["--config.training.batch_size=abc"], 1, r"--config.training.batch_size=abc: invalid literal for int"),
     "unknown dataset": (["--config.data.source=imagenet"], 1, r"data.source='imagenet' is not known: use one of"),
     "missing source path": (["--config.data.source=npz:/nonexistent/x.npz"], 1, r"npz:/nonexistent/x.npz does not exist"),

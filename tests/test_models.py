@@ -174,3 +174,21 @@ def test_group_norm_matches_flax(groups):
     )
 
 
+
+
+@pytest.mark.parametrize("name", ["cunet", "unet"])
+def test_class_conditional_denoisers_depend_on_the_label_and_treat_none_as_the_null_class(name):
+    c = _tiny(name)
+    base = _init(build_denoiser(c.model), c)
+    c.model.num_classes = 3
+    model = build_denoiser(c.model)
+    params = _perturbed(_init(model, c), jax.random.key(1))
+    dim = c.model.cunet.time_embed_dim if name == "cunet" else 4 * c.model.unet.ch
+    count = lambda p: sum(x.size for x in jax.tree.leaves(p))
+    assert count(params) - count(base) == (3 + 1) * dim  # one vector per class and the null class
+    x = jax.random.normal(jax.random.key(2), (2, 8, 8, 1))
+    t = jnp.array([100, 100], jnp.int32)
+    apply = jax.jit(lambda p, y: model.apply({"params": p}, x, t, y))
+    out = {y: apply(params, jnp.array([y, y], jnp.int32)) for y in range(4)}
+    assert float(jnp.max(jnp.abs(out[0] - out[1]))) > 1e-4
+    np.testing.assert_allclose(jax.jit(lambda p: model.apply({"params": p}, x, t))(params), out[3], rtol=1e-5, atol=1e-6)

@@ -63,11 +63,10 @@ def _jitted(name: str):
 
 @functools.cache
 def run(name: str, shape=BIG, seed: int = 0, prediction: str = "eps", **kw):
-    """(images as float64, nfe or None) of a sampler jitted with static arguments."""
-    out = _jitted(name)(oracle(prediction), None, jax.random.key(seed), shape, SCHED,
-                        prediction=prediction, **kw)
-    images, nfe = out if isinstance(out, tuple) else (out, None)
-    return np.asarray(images, np.float64), None if nfe is None else int(nfe)
+    """(images as float64, nfe) of a sampler jitted with static arguments."""
+    images, nfe = _jitted(name)(oracle(prediction), None, jax.random.key(seed), shape, SCHED,
+                                prediction=prediction, **kw)
+    return np.asarray(images, np.float64), int(nfe)
 
 
 def noise(shape=BIG, seed: int = 0) -> np.ndarray:
@@ -365,3 +364,9 @@ def test_trailing_spacing_starts_every_step_at_the_noisiest_level():
         S.timesteps(1000, 1)
     with pytest.raises(ValueError, match="unknown spacing"):
         S.timesteps(1000, 4, "leading")
+
+
+@pytest.mark.parametrize("name", sorted(S.SAMPLERS))
+def test_every_sampler_returns_images_and_nfe(name):
+    images, nfe = S.SAMPLERS[name](oracle(), None, jax.random.key(0), (2, 2, 2, 1), SCHED, 4)
+    assert images.shape == (2, 2, 2, 1) and nfe.dtype == jnp.int32 and nfe.shape == ()

@@ -1,15 +1,17 @@
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from helpers import tiny_config
 from odediff import data
+from odediff.config import ConfigError
 from odediff.models import build_denoiser
 from odediff.schedule import make_schedule
-from odediff.generation import make_sample_fn
+from odediff.generation import make_sample_fn, with_sampling
 from odediff.train_state import create_train_state, make_optimizer
 from odediff.training import ema_decay, make_train_step
 
@@ -55,8 +57,9 @@ def test_sampling_splits_the_batch_over_devices(sampler):
     keys = jax.random.split(jax.random.key(1), len(leaves))
     params = jax.tree.unflatten(tree, [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
     one_device = Mesh(np.array(jax.devices()[:1]), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-    split = make_sample_fn(model, schedule, c, 8, sampler, 3)
-    whole = make_sample_fn(model, schedule, c, 8, sampler, 3, mesh=one_device)
+    c = with_sampling(c, sampler=sampler, steps=3)
+    split = make_sample_fn(model, schedule, c, 8)
+    whole = make_sample_fn(model, schedule, c, 8, mesh=one_device)
     key = jax.random.key(2)
     (a, nfe_a), (b, nfe_b) = split(params, key), whole(params, key)
     assert a.sharding.is_fully_replicated and len(a.sharding.device_set) == 4
@@ -158,3 +161,110 @@ def test_configs_saved_before_a_key_existed_resume_with_its_default():
     c = default_config()
     c.training.grad_accum_steps = 2
     assert config_differences(saved, c) == ["training.grad_accum_steps"]
+
+
+def _conditional_setup(drop: float):
+    c = tiny_config()
+    c.model.num_classes, c.training.cond_drop_prob = 10, drop
+    model, tx = build_denoiser(c.model), make_optimizer(c.training)
+    schedule = make_schedule(c.diffusion.beta_schedule, c.diffusion.num_timesteps)
+    state = create_train_state(model, tx, c, jax.random.key(0))
+    # zero-initialised fields and output conv would hide the labels at init: move off it
+    leaves, tree = jax.tree.flatten(state.params)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    state = state.replace(params=jax.tree.unflatten(tree, [p + 0.2 * jax.random.normal(k, p.shape)
+                                                           for p, k in zip(leaves, keys)]))
+    source = data.load_source(c.data, "train")
+    images, labels = data.get_batch(source, c.data, c.training.batch_size, c.seed, 0, with_labels=True)
+    np.testing.assert_array_equal(labels, source.get_labels(data.batch_indices(len(source), 8, c.seed, 0)))
+    return c, model, tx, schedule, state, images, labels
+
+
+def test_conditional_training_sees_the_labels_and_drops_them_to_the_null_class():
+    c, model, tx, schedule, state, images, labels = _conditional_setup(drop=0.0)
+    step = jax.jit(make_train_step(model, tx, schedule, c))
+    # the first update is 0 (learning-rate warm-up): compare the gradients' moments
+    a, _ = step(state, (images, labels))
+    b, _ = step(state, (images, (labels + 1) % 10))
+    assert not all(np.array_equal(p, q) for p, q in zip(jax.tree.leaves(a.opt_state), jax.tree.leaves(b.opt_state)))
+    with pytest.raises(ValueError, match="the batch must be"):
+        step(state, images)
+
+    # with cond_drop_prob 1 every label is the null class: the labels given no longer matter
+    c.training.cond_drop_prob = 0.999999
+    step = jax.jit(make_train_step(model, tx, schedule, c))
+    a, _ = step(state, (images, labels))
+    b, _ = step(state, (images, (labels + 1) % 10))
+    for p, q in zip(jax.tree.leaves(a.opt_state), jax.tree.leaves(b.opt_state)):
+        np.testing.assert_array_equal(p, q)
+
+
+def test_conditional_accumulation_splits_the_labels_with_the_images():
+    c, model, tx, schedule, state, images, labels = _conditional_setup(drop=0.5)
+    whole, _ = jax.jit(make_train_step(model, tx, schedule, c))(state, (images, labels))
+    c.training.grad_accum_steps = 2
+    accum, _ = jax.jit(make_train_step(model, tx, schedule, c))(state, (images, labels))
+    for a, b in zip(jax.tree.leaves(whole.opt_state), jax.tree.leaves(accum.opt_state)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_guided_sampling_is_the_guidance_formula_in_one_batched_call():
+    """One DDIM step (trailing) from x_T: x0 = (x - sb eps) / sa with eps mixed as (1 + w) e(c) - w e(null)."""
+    c, model, _, _, state, _, _ = _conditional_setup(drop=0.1)
+    params = state.params
+    schedule = make_schedule(c.diffusion.beta_schedule, c.diffusion.num_timesteps)
+    labels = np.array([1, 2, 3, 4], np.int32)
+    c = with_sampling(c, sampler="ddim", steps=1, spacing="trailing", guidance=2.0)
+    images, nfe = make_sample_fn(model, schedule, c, 4)(params, jax.random.key(5), labels)
+    x = jax.random.normal(jax.random.split(jax.random.key(5))[0], (4, 8, 8, 1))
+    t = jnp.full((4,), c.diffusion.num_timesteps - 1, jnp.int32)
+    e_c = model.apply({"params": params}, x, t, jnp.asarray(labels))
+    e_u = model.apply({"params": params}, x, t)
+    ab = schedule.alphas_cumprod[-1]
+    expected = jnp.clip((x - jnp.sqrt(1 - ab) * (3.0 * e_c - 2.0 * e_u)) / jnp.sqrt(ab), -1, 1)
+    np.testing.assert_allclose(images, expected, atol=1e-5)
+    assert int(nfe) == 1
+    with pytest.raises(ConfigError, match="needs class labels"):
+        make_sample_fn(model, schedule, c, 4)(params, jax.random.key(5))
+
+
+def test_a_conditional_model_on_an_unlabelled_source_fails_with_one_line(tmp_path):
+    from PIL import Image
+
+    from odediff.training import train_and_evaluate
+
+    (tmp_path / "imgs").mkdir()
+    for i in range(12):
+        Image.fromarray(np.full((8, 8), 20 * i, np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
+    c = tiny_config()
+    c.model.num_classes, c.data.source = 10, f"folder:{tmp_path / 'imgs'}"
+    with pytest.raises(ConfigError, match="needs labels, but data.source=folder:.* has none"):
+        train_and_evaluate(c, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_saved_configs_are_read_with_renamed_fields_moved_and_new_ones_at_their_defaults():
+    from odediff.config import complete_config, config_to_json, default_config
+
+    saved = json.loads(config_to_json(default_config()))
+    saved["sampling"]["num_steps"] = 25  # the name before it became sampling.steps
+    del saved["sampling"]["steps"], saved["model"]["num_classes"], saved["sampling"]["solver"]
+    c = complete_config(saved)
+    assert c.sampling.steps == 25 and "num_steps" not in c.sampling
+    assert c.model.num_classes == 0 and c.sampling.solver == "tsit5"
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(sampler="ddim", steps=0), "only with sampling.sampler=ode"),
+    (dict(sampler="ode", steps=0, solver="rk4"), "needs a solver with an error estimate"),
+    (dict(sampler="ddim", spacing="logsnr"), "does not suit sampler 'ddim'"),
+    (dict(sampler="dpmpp2m", spacing="trailing"), "does not suit sampler 'dpmpp2m'"),
+    (dict(guidance=-1.0), "must not be negative"),
+])
+def test_sampling_blocks_no_sampler_could_use_are_refused(fields, message):
+    from odediff.config import check_sampling, default_config
+
+    s = default_config().sampling
+    s.update(fields)
+    with pytest.raises(ConfigError, match=message):
+        check_sampling(s)

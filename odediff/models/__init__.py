@@ -13,13 +13,15 @@ def build_denoiser(model_config: ml_collections.ConfigDict, out_channels: int | 
     """The module named by `model_config.name`, built from its sub-config.
 
     Call it as `apply({"params": p}, x, t)` with x (B, H, W, C) float32 and t (B,)
-    int32; training adds `train=True, rngs={"dropout": key}`.
+    int32, and for a class-conditional model (`num_classes` > 0) `labels` (B,) int32
+    (num_classes, or None, is the null class); training adds `train=True,
+    rngs={"dropout": key}`.
     """
     name = model_config.name
     if name not in DENOISERS:
         raise ValueError(f"unknown model.name {name!r}: use one of {sorted(DENOISERS)}")
     fields = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in model_config[name].items()}
-    return DENOISERS[name](out_channels=out_channels, **fields)
+    return DENOISERS[name](out_channels=out_channels, num_classes=model_config.get("num_classes", 0), **fields)
 
 
 def num_downsamples(model_config: ml_collections.ConfigDict) -> int:

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from odediff.models.layers import SelfAttention, TimeMLP, make_norm, softplus
+from odediff.models.layers import LabelEmbed, SelfAttention, TimeMLP, make_norm, softplus
 from odediff.models.ode import ODEBlock
 
 
@@ -38,6 +38,7 @@ class CUNet(nn.Module):
     atol: float = 1e-3
     adjoint: str = "recursive"
     max_ode_steps: int = 64
+    num_classes: int = 0
     out_channels: int | None = None
 
     def _block(self, channels: int) -> ODEBlock:
@@ -52,9 +53,11 @@ class CUNet(nn.Module):
         return h
 
     @nn.compact
-    def __call__(self, x: jax.Array, t: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, t: jax.Array, labels: jax.Array | None = None, train: bool = False) -> jax.Array:
         del train  # no dropout or batch statistics: the fields must stay pure
         temb = TimeMLP(self.time_embed_dim, 4 * self.time_embed_dim, self.time_embed_dim, "softplus")(t)
+        if self.num_classes:  # every ODE block's FiLM sees the class through temb
+            temb = temb + LabelEmbed(self.num_classes, self.time_embed_dim)(labels, x.shape[0])
         temb = softplus(temb)
         # The release normalises x_t itself first; that erases each image's mean and scale,
         # which a denoiser needs (samples came out with grey backgrounds), so the stem

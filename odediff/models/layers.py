@@ -126,6 +126,20 @@ class SelfAttention(nn.Module):
         return x + y.reshape(b, h, w, c)
 
 
+class LabelEmbed(nn.Module):
+    """A learned vector per class and one for the null class (index num_classes), which
+    also stands in for missing labels: the condition of classifier-free guidance."""
+
+    num_classes: int
+    dim: int
+
+    @nn.compact
+    def __call__(self, labels: jax.Array | None, batch: int) -> jax.Array:
+        if labels is None:
+            labels = jnp.full((batch,), self.num_classes, jnp.int32)
+        return nn.Embed(self.num_classes + 1, self.dim, embedding_init=nn.initializers.normal(0.02))(labels)
+
+
 class TimeMLP(nn.Module):
     """Sinusoidal embedding of the diffusion step followed by a two-layer MLP."""
 

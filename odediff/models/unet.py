@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from odediff.models.layers import GroupNorm, SelfAttention, TimeMLP
+from odediff.models.layers import GroupNorm, LabelEmbed, SelfAttention, TimeMLP
 
 _zeros = nn.initializers.zeros  # Ho et al. zero-initialise each residual branch's last conv
 
@@ -39,11 +39,14 @@ class UNet(nn.Module):
     num_res_blocks: int = 2
     attn_resolutions: Sequence[int] = (16,)
     dropout: float = 0.1
+    num_classes: int = 0
     out_channels: int | None = None
 
     @nn.compact
-    def __call__(self, x: jax.Array, t: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, t: jax.Array, labels: jax.Array | None = None, train: bool = False) -> jax.Array:
         temb = TimeMLP(self.ch, 4 * self.ch, 4 * self.ch)(t)
+        if self.num_classes:
+            temb = temb + LabelEmbed(self.num_classes, 4 * self.ch)(labels, x.shape[0])
         hs = [nn.Conv(self.ch, (3, 3))(x)]
         for level, mult in enumerate(self.ch_mult):
             for _ in range(self.num_res_blocks):
