@@ -51,6 +51,51 @@ class FeatureSpace:
     probabilities: Callable[[np.ndarray], np.ndarray] | None = None
     num_classes: int | None = None
     info: dict = dataclasses.field(default_factory=dict)
+    key: str = ""  # identifies the embedding (classifier cache key, weights digest); "" = do not cache
+
+
+@dataclasses.dataclass
+class Embedded:
+    """Images as a feature space sees them: features, and class probabilities or ids where it gives them."""
+
+    features: np.ndarray
+    probabilities: np.ndarray | None = None
+    predictions: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+
+def embed(images: np.ndarray, space: FeatureSpace) -> Embedded:
+    """uint8 NHWC images in `space`."""
+    probs = space.probabilities(images) if space.probabilities else None
+    preds = probs.argmax(1) if probs is not None else space.predict(images) if space.predict else None
+    return Embedded(space.features(images), probs, preds)
+
+
+def real_embedding(data_config: ml_collections.ConfigDict, split: str, num: int | None, seed: int,
+                   space: FeatureSpace, cache_dir: str | Path | None) -> Embedded:
+    """`num` images of a split (all: None) drawn with `seed`, embedded in `space`; cached
+    as <cache_dir>/real_<digest>.npz per data set, split, draw and feature space, so
+    evaluating again reads no images and runs no network on them."""
+    identity = json.dumps({"source": str(data_config.source), "size": data_config.image_size,
+                           "channels": data_config.channels, "holdout": data_config.holdout_fraction,
+                           "data_dir": data_config.get("data_dir", ""), "split": split, "num": num, "seed": seed,
+                           "space": space.key}, sort_keys=True)
+    path = Path(cache_dir or ".") / f"real_{hashlib.sha1(identity.encode()).hexdigest()[:16]}.npz"
+    if space.key and cache_dir and path.is_file():
+        with np.load(path) as f:
+            return Embedded(f["features"], f["probabilities"] if "probabilities" in f else None,
+                            f["predictions"] if "predictions" in f else None)
+    images, _ = _all_images(data_lib.load_source(data_config, split), num, seed=seed)
+    e = embed(images, space)
+    if space.key and cache_dir:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {k: v for k, v in dataclasses.asdict(e).items() if v is not None}
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, identity=identity, **arrays)
+        os.replace(tmp, path)
+    return e
 
 
 def default_cache_dir(workdir: str | Path | None = None) -> Path:
@@ -107,6 +152,7 @@ def feature_space(
             kind="inception", fd_label=INCEPTION_FD,
             features=lambda x: inception_features(variables, data_lib.to_model_range(x)),
             info={"inception_weights": str(path)},
+            key="inception_" + hashlib.sha1(path.read_bytes()).hexdigest()[:16],
         )
     train = data_lib.load_source(data_config, "train")
     if data_config.channels != 1 or not train.has_labels or not train.num_classes:
@@ -137,6 +183,7 @@ def feature_space(
         info={"classifier_test_accuracy": accuracy, "classifier_cache": str(Path(cache_dir) / key),
               "classifier_train_images": int(len(train_x)), "classifier_test_images": int(len(test_x)),
               "classifier_seconds": time.perf_counter() - t0},
+        key=key,
     )
 
 
@@ -152,9 +199,10 @@ def evaluate_samples(
     confidence: float = 0.9,
     labels: np.ndarray | None = None,
 ) -> dict:
-    """FD, KID (mean, std), precision, recall of uint8 NHWC `samples` against `real`,
-    and the classifier's class histogram of both. With `reference` (other real
-    images, e.g. from the training split) also the real-vs-real FD floor.
+    """FD, KID (mean, std), precision, recall of uint8 NHWC `samples` against `real`
+    (images, or their `Embedded` form), and the classifier's class histogram of both.
+    With `reference` (other real images or their embedding, e.g. from the training
+    split) also the real-vs-real FD floor.
 
     With classifier features, KID is taken on features standardised by the real
     images' per-dimension mean and std (the raw activations have no common scale), and
@@ -163,10 +211,10 @@ def evaluate_samples(
     the entropy (bits; log2(classes) when uniform) of those samples' class histogram.
     With the `labels` a conditional model was asked for, `class_accuracy` is the share
     of samples the classifier assigns to their requested class."""
-    samples, real = np.asarray(samples), np.asarray(real)
-    if samples.dtype != np.uint8 or real.dtype != np.uint8:
-        raise ValueError(f"evaluate_samples takes uint8 images, got {samples.dtype}, {real.dtype}")
-    fs, fr = space.features(samples), space.features(real)
+    samples = np.asarray(samples)
+    as_embedded = lambda x: x if isinstance(x, Embedded) else embed(_uint8(x), space)
+    er, es = as_embedded(real), embed(_uint8(samples), space)
+    fs, fr = es.features, er.features
     ks, kr = fs, fr
     if space.kind == "classifier":
         mu, sd = fr.mean(0), fr.std(0) + 1e-6
@@ -188,12 +236,12 @@ def evaluate_samples(
         **space.info,
     }
     if reference is not None:
-        out["fd_real_vs_real"] = metrics.frechet_distance(space.features(np.asarray(reference)), fr)
+        out["fd_real_vs_real"] = metrics.frechet_distance(as_embedded(reference).features, fr)
         out["num_reference"] = int(len(reference))
-    probs = (space.probabilities(samples), space.probabilities(real)) if space.probabilities else None
-    if space.predict is not None:
+    probs = (es.probabilities, er.probabilities) if es.probabilities is not None else None
+    if es.predictions is not None:
         n = space.num_classes
-        ps, pr = (p.argmax(1) for p in probs) if probs else (space.predict(samples), space.predict(real))
+        ps, pr = es.predictions, er.predictions
         hs = np.bincount(ps, minlength=n)[:n] / len(samples)
         hr = np.bincount(pr, minlength=n)[:n] / len(real)
         out["class_histogram"] = [float(v) for v in hs]
@@ -205,6 +253,13 @@ def evaluate_samples(
         out.update(confidence_stats(probs[0], confidence))
         out["real_confident_fraction"] = confidence_stats(probs[1], confidence)["confident_fraction"]
     return out
+
+
+def _uint8(images) -> np.ndarray:
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise ValueError(f"evaluate_samples takes uint8 images, got {images.dtype}")
+    return images
 
 
 def confidence_stats(probabilities: np.ndarray, confidence: float = 0.9) -> dict:
@@ -275,10 +330,8 @@ def evaluate_run(
     cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir(workdir)
     space = feature_space(config.data, cache_dir, inception_weights=inception_weights,
                           classifier_steps=classifier_steps)
-    test = data_lib.load_source(config.data, "test")
-    real, _ = _all_images(test, num_real or num, seed=1)
-    train = data_lib.load_source(config.data, "train")
-    reference, _ = _all_images(train, len(real), seed=2)
+    real = real_embedding(config.data, "test", num_real or num, 1, space, cache_dir)
+    reference = real_embedding(config.data, "train", len(real), 2, space, cache_dir)
     samples, seconds, nfe = generate(config, params, num, seed=seed, batch=batch, labels=labels)
     result = evaluate_samples(samples, real, space, reference=reference, labels=labels)
     result.update({

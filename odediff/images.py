@@ -33,12 +33,10 @@ def save_grid(images: np.ndarray, path: str | Path, scale: int = 1, cols: int = 
 
 def save_curves(curves: dict[str, tuple[list[int], list[float]]], path: str | Path, ylabel: str = "loss") -> Path:
     """One PNG with a line per named (steps, values) curve, log-scaled y."""
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend (a notebook's) alone
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    fig = Figure(figsize=(6, 4), dpi=100)
+    ax = fig.subplots()
     for name, (xs, ys) in curves.items():
         ax.plot(xs, ys, label=name)
     ax.set_xlabel("step")
@@ -49,5 +47,4 @@ def save_curves(curves: dict[str, tuple[list[int], list[float]]], path: str | Pa
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)
-    plt.close(fig)
     return path

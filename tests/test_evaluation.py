@@ -146,6 +146,7 @@ def test_evaluate_py_end_to_end(tmp_path):
     out = json.loads((wd / "eval_2_dpmpp2m2.json").read_text())
     assert out["num_samples"] == 20 and np.isfinite(out["fd"]) and len(out["class_histogram"]) == 10
     assert out["sampling"]["spacing"] == "time_uniform" and out["sampling"]["eta"] == 0.0
+    assert len(list((tmp_path / "cache").glob("real_*.npz"))) == 2  # held-out and train draws, for next time
     # a missing run is one line and exit 2
     proc = run("evaluate.py", f"--workdir={tmp_path / 'nope'}", "--num=4")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
@@ -158,3 +159,33 @@ def test_confidence_stats_share_and_entropy_of_the_confident():
     assert r["confident_entropy"] == pytest.approx(-(2 / 3 * np.log2(2 / 3) + 1 / 3 * np.log2(1 / 3)))
     assert E.confidence_stats(np.full((3, 4), 0.25))["confident_fraction"] == 0.0
     assert E.confidence_stats(np.eye(4))["confident_entropy"] == pytest.approx(2.0)  # four classes, uniform
+
+
+def test_real_embeddings_are_cached_per_data_set_split_draw_and_space(tmp_path, monkeypatch):
+    from helpers import tiny_config
+    from odediff import data as data_lib
+
+    c = tiny_config().data
+    space = _space()
+    space.key = "test-space"
+    first = E.real_embedding(c, "test", 20, 1, space, tmp_path)
+    assert len(list(tmp_path.glob("real_*.npz"))) == 1
+    x = E._all_images(data_lib.load_source(c, "test"), 20, seed=1)[0]
+    np.testing.assert_allclose(first.features, space.features(x))
+    np.testing.assert_array_equal(first.predictions, space.predict(x))
+
+    def no_reading(*a, **k):
+        raise AssertionError("the cached embedding should not read images")
+
+    monkeypatch.setattr(data_lib, "load_source", no_reading)
+    again = E.real_embedding(c, "test", 20, 1, space, tmp_path)
+    np.testing.assert_array_equal(first.features, again.features)
+    with pytest.raises(AssertionError, match="should not read"):  # another draw, another split: not cached
+        E.real_embedding(c, "test", 20, 2, space, tmp_path)
+    space.key = "other-weights"
+    with pytest.raises(AssertionError, match="should not read"):
+        E.real_embedding(c, "test", 20, 1, space, tmp_path)
+    # an embedded real set scores like the images themselves
+    s = _images(20, 3)
+    assert E.evaluate_samples(s, first, _space(), kid_subsets=2, kid_subset_size=10)["fd"] == pytest.approx(
+        E.evaluate_samples(s, x, _space(), kid_subsets=2, kid_subset_size=10)["fd"])

@@ -1,0 +1,36 @@
+"""examples/quickstart.ipynb runs top to bottom, and is kept in git without outputs."""
+
+import nbformat
+import pytest
+
+from helpers import REPO
+
+NOTEBOOK = REPO / "examples" / "quickstart.ipynb"
+
+
+def test_quickstart_notebook_is_stored_without_outputs():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert not cell.outputs and cell.execution_count is None, "strip the notebook's outputs before committing"
+
+
+def test_quickstart_notebook_executes(tmp_path):
+    nbclient = pytest.importorskip("nbclient", reason="the notebook test needs the test extra (nbclient, ipykernel)")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                                     resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {}) for o in outputs)
+    assert (tmp_path / "runs" / "quickstart" / "checkpoints").is_dir()
+
+
+def test_writing_a_loss_curve_leaves_the_matplotlib_backend_alone(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import matplotlib; matplotlib.use('svg'); from odediff import images; "
+            "images.save_curves({'loss': ([1, 2], [1.0, 0.5])}, 'c.png'); print(matplotlib.get_backend())")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "svg" and (tmp_path / "c.png").stat().st_size > 0
