@@ -143,3 +143,25 @@ def test_inception_npz_roundtrip_and_torch_conversion(inception_vars, tmp_path):
     np.savez(tmp_path / "bad.npz", **bad)
     with pytest.raises(ValueError, match="missing"):
         I.load_inception_params(tmp_path / "bad.npz")
+
+
+def test_inception_matches_pytorch_fid_with_identical_weights(tmp_path):
+    """tests/fixtures/inception_pytorch_fid.npz: pytorch-fid's FID Inception (pool3, resize to
+    299) on fixed images with seeded weights, from benchmarks/inception_fixture.py."""
+    import sys
+
+    from helpers import REPO
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from inception_fixture import seeded_state_dict
+
+    from odediff.data import to_model_range
+
+    with np.load(REPO / "tests" / "fixtures" / "inception_pytorch_fid.npz") as f:
+        images, expected, shapes = f["images"], f["features"], json.loads(str(f["shapes"]))
+    path = tmp_path / "fid_inception.npz"
+    np.savez(path, **I.convert_torch_state_dict(seeded_state_dict(shapes)))  # the documented conversion
+    ours = I.inception_features(I.load_inception_params(path), to_model_range(images), batch_size=len(images))
+    assert ours.shape == expected.shape == (4, 2048)
+    rel = np.linalg.norm(ours - expected, axis=1) / np.linalg.norm(expected, axis=1)
+    assert rel.max() <= 1e-4, rel
