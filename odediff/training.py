@@ -15,6 +15,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
+from jax.experimental import multihost_utils
 import numpy as np
 import optax
 
@@ -127,16 +128,28 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: Schedule,
 
 
 class _StopFlag:
-    """Turns SIGTERM/SIGINT into a request to checkpoint and exit at the next step."""
+    """Turns SIGTERM/SIGINT into a request to checkpoint and exit at the next step.
+
+    With several processes a stop must happen at the same step everywhere, since the
+    checkpoint is a collective: SIGTERM is then left to JAX's preemption service,
+    which tells every process the same step to stop at (`preempted`), whichever of
+    them got the signal; SIGINT keeps its default there (KeyboardInterrupt)."""
 
     def __init__(self):
         self.signum = None
         self._old = {}
+        self._multi = jax.process_count() > 1
 
     def __enter__(self):
-        for s in (signal.SIGTERM, signal.SIGINT):
+        for s in () if self._multi else (signal.SIGTERM, signal.SIGINT):
             self._old[s] = signal.signal(s, self._handle)
         return self
+
+    def preempted(self, step: int) -> bool:
+        """Called at every step by every process: whether all stop at this one."""
+        if self._multi and self.signum is None and multihost_utils.reached_preemption_sync_point(step):
+            self.signum = signal.SIGTERM
+        return self.signum is not None
 
     def _handle(self, signum, frame):
         self.signum = signum
@@ -266,7 +279,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
             step += 1
             bar.update(1)
             last = step == tc.num_steps
-            save_now = step % tc.checkpoint_every == 0 or last or stop.signum
+            stopping = stop.preempted(step)
+            save_now = step % tc.checkpoint_every == 0 or last or stopping
             if step % tc.log_every == 0 or save_now:
                 _check_nonfinite(state, tc)
                 stats = {k: float(np.mean([parallel.to_host(m[k]) for m in pending])) for k in pending[0]}
@@ -282,7 +296,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
                     images.save_grid(data.to_uint8(grid), workdir / "samples" / f"step_{step:08d}.png", scale=2)
             if save_now:
                 ckpt.save(step, state, checkpoint_meta(config, step), force=True)
-            if stop.signum:
+            if stopping:
                 break
     if is_main:
         _plot_loss(workdir)

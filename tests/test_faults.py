@@ -80,11 +80,11 @@ def reference(tmp_path_factory) -> Path:
 class _Train:
     """train.py started in the background, its output going to files."""
 
-    def __init__(self, workdir: Path, log: Path):
+    def __init__(self, workdir: Path, log: Path, *extra: str):
         env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
         self.out, self.err = open(log.with_suffix(".out"), "w+"), open(log.with_suffix(".err"), "w+")
         self.workdir = workdir
-        self.proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), f"--workdir={workdir}", *ARGS],
+        self.proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), f"--workdir={workdir}", *ARGS, *extra],
                                      cwd=REPO, env=env, stdout=self.out, stderr=self.err, text=True)
 
     def wait_for_checkpoint_after(self, step: int, timeout: float = 240) -> None:
@@ -134,6 +134,39 @@ def test_killed_and_preempted_run_resumes_bitwise_equal_to_an_uninterrupted_one(
     # Restarted once more, it finishes; every array equals the uninterrupted run's, bit for bit.
     _ok(run("train.py", f"--workdir={workdir}", *ARGS))
     _assert_bitwise_equal(_state(workdir, N), _state(reference, N))
+
+
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_with_one_checkpoint(reference, tmp_path):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+
+    def both(name: str) -> list[_Train]:
+        return [_Train(tmp_path / "run", tmp_path / f"{name}{i}", f"--coordinator_address=127.0.0.1:{port}",
+                       "--num_processes=2", f"--process_id={i}") for i in range(2)]
+
+    procs = both("preempted")
+    procs[0].wait_for_checkpoint_after(2)
+    procs[1].proc.send_signal(signal.SIGTERM)  # process 1 only
+    steps = []
+    for p in procs:
+        rc, out, err = p.finish()
+        assert rc == 0, err[-3000:]
+        stopped = re.search(r"^stopped by SIGTERM at step (\d+): checkpoint saved", out, re.M)
+        assert stopped, out
+        steps.append(int(stopped[1]))
+    assert steps[0] == steps[1] and 2 < steps[0] < N, steps
+    assert _steps_on_disk(tmp_path / "run")[-1] == steps[0]
+    _state(tmp_path / "run", steps[0])  # intact
+
+    # the same two processes resume and finish like the uninterrupted run (one device there, two here)
+    for p in both("resumed"):
+        rc, _, err = p.finish()
+        assert rc == 0, err[-3000:]
+    for x, y in zip(jax.tree.leaves(_state(tmp_path / "run", N)), jax.tree.leaves(_state(reference, N))):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------- damaged checkpoints
