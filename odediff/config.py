@@ -41,6 +41,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.cunet.atol = 1e-3
     c.model.cunet.adjoint = "recursive"  # recursive | direct | backsolve (diffeqsolve mode)
     c.model.cunet.max_ode_steps = 64
+    c.model.cunet.remat = False  # recompute each ODE block's solve in the backward pass (less memory)
 
     c.model.unet = ml_collections.ConfigDict()
     c.model.unet.ch = 32
@@ -48,6 +49,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.unet.num_res_blocks = 2
     c.model.unet.attn_resolutions = ()
     c.model.unet.dropout = 0.0
+    c.model.unet.remat = False  # recompute each residual block in the backward pass (less memory)
 
     c.diffusion = ml_collections.ConfigDict()
     c.diffusion.num_timesteps = 1000
@@ -57,6 +59,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.training = ml_collections.ConfigDict()
     c.training.batch_size = 64
     c.training.grad_accum_steps = 1  # micro-batches per step: the batch is processed in this many pieces
+    c.training.compute_dtype = "float32"  # float32 | bfloat16: activations; params, optimizer, loss stay float32
     c.training.num_steps = 2000
     c.training.optimizer = "adam"  # adam | adamw
     c.training.learning_rate = 2e-4
@@ -127,6 +130,7 @@ _CHOICES = {
     "diffusion.beta_schedule": ("linear", "cosine", "sigmoid"),
     "diffusion.prediction": ("eps", "v", "x0"),
     "training.nonfinite": ("stop", "skip"),
+    "training.compute_dtype": ("float32", "bfloat16"),
     "data.channels": (1, 3),
 }
 

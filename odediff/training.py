@@ -104,11 +104,17 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: Schedule,
     """`(state, batch) -> (state, metrics)`: `train_step` with the model and settings of a
     config, its key a function of (config.seed, state.step). A class-conditional model
     takes `batch` as (images, labels) and sees each label replaced by the null class with
-    probability `training.cond_drop_prob` (classifier-free guidance training)."""
+    probability `training.cond_drop_prob` (classifier-free guidance training). With
+    `training.compute_dtype` bfloat16 the denoiser runs in bfloat16 on a cast of the
+    float32 params; loss, gradients, optimizer and EMA stay float32."""
     num_classes = config.model.get("num_classes", 0)
+    dtype = jnp.dtype(config.training.get("compute_dtype", "float32"))
 
     def apply(p, x, t, key, labels=None):
-        return model.apply({"params": p}, x, t, labels, train=True, rngs={"dropout": key})
+        if dtype != jnp.float32:  # mixed precision: the float32 params are cast here, their gradients back
+            p, x = jax.tree.map(lambda a: a.astype(dtype), p), x.astype(dtype)
+        out = model.apply({"params": p}, x, t, labels, train=True, rngs={"dropout": key})
+        return out.astype(jnp.float32)
 
     def step_fn(state: TrainState, batch):
         images, labels = batch if isinstance(batch, (tuple, list)) else (batch, None)

@@ -268,3 +268,27 @@ def test_sampling_blocks_no_sampler_could_use_are_refused(fields, message):
     s.update(fields)
     with pytest.raises(ConfigError, match=message):
         check_sampling(s)
+
+
+@pytest.mark.parametrize("name", ["cunet", "unet"])
+def test_bfloat16_compute_gives_the_float32_loss_and_gradients_closely(name):
+    c, model, tx, schedule, state, batch = _setup(name)
+    leaves, tree = jax.tree.flatten(state.params)  # off the zero-initialised start, where gradients are trivial
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    state = state.replace(params=jax.tree.unflatten(tree, [p + 0.05 * jax.random.normal(k, p.shape)
+                                                           for p, k in zip(leaves, keys)]))
+
+    def grads(dtype):
+        c.training.compute_dtype = dtype
+        step = make_train_step(model, tx, schedule, c)
+        new, metrics = jax.jit(step)(state, batch)
+        return metrics["loss"], new.opt_state, str(jax.make_jaxpr(step)(state, batch))
+
+    loss32, opt32, _ = grads("float32")
+    loss16, opt16, jaxpr = grads("bfloat16")
+    assert "bf16[8,8,8," in jaxpr  # activations of the batch in bfloat16
+    assert jax.tree.leaves(opt16)[1].dtype == jnp.float32  # float32 optimizer state
+    np.testing.assert_allclose(loss16, loss32, rtol=3e-2)
+    mu32, mu16 = (np.concatenate([np.ravel(a) for a in jax.tree.leaves(o[1][0].mu)]) for o in (opt32, opt16))
+    cosine = mu32 @ mu16 / (np.linalg.norm(mu32) * np.linalg.norm(mu16))
+    assert cosine > 0.99 and 0.9 < np.linalg.norm(mu16) / np.linalg.norm(mu32) < 1.1

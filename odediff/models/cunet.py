@@ -38,13 +38,14 @@ class CUNet(nn.Module):
     atol: float = 1e-3
     adjoint: str = "recursive"
     max_ode_steps: int = 64
+    remat: bool = False
     num_classes: int = 0
     out_channels: int | None = None
 
     def _block(self, channels: int) -> ODEBlock:
         return ODEBlock(
             channels, self.norm, self.field, self.solver, self.ode_steps, self.ode_mode,
-            self.rtol, self.atol, self.adjoint, self.max_ode_steps,
+            self.rtol, self.atol, self.adjoint, self.max_ode_steps, self.remat,
         )
 
     def _attend(self, h: jax.Array) -> jax.Array:
@@ -54,11 +55,12 @@ class CUNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, t: jax.Array, labels: jax.Array | None = None, train: bool = False) -> jax.Array:
+        """Computes in x's dtype (bfloat16 x and params: bfloat16 activations and ODE states)."""
         del train  # no dropout or batch statistics: the fields must stay pure
-        temb = TimeMLP(self.time_embed_dim, 4 * self.time_embed_dim, self.time_embed_dim, "softplus")(t)
+        temb = TimeMLP(self.time_embed_dim, 4 * self.time_embed_dim, self.time_embed_dim, "softplus", x.dtype)(t)
         if self.num_classes:  # every ODE block's FiLM sees the class through temb
             temb = temb + LabelEmbed(self.num_classes, self.time_embed_dim)(labels, x.shape[0])
-        temb = softplus(temb)
+        temb = softplus(temb).astype(x.dtype)
         # The release normalises x_t itself first; that erases each image's mean and scale,
         # which a denoiser needs (samples came out with grey backgrounds), so the stem
         # starts with the conv.

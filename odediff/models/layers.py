@@ -87,12 +87,13 @@ class GroupNorm(nn.Module):
         expand = jnp.repeat(jnp.eye(self.num_groups, dtype=jnp.float32), c // self.num_groups, axis=1)
         stats = jnp.dot(jnp.concatenate([inv, mean]), expand, precision=jax.lax.Precision.HIGHEST)
         inv, mean = jnp.split(stats, 2)
-        a = inv * scale[None, :]
-        shift = bias[None, :] - mean * a
+        f32 = lambda v: v.astype(jnp.float32)  # noqa: E731  (params and FiLM may be bfloat16)
+        a = inv * f32(scale)[None, :]
+        shift = f32(bias)[None, :] - mean * a
         if film_scale is not None:
-            a, shift = a * (1.0 + film_scale), shift * (1.0 + film_scale)
+            a, shift = a * (1.0 + f32(film_scale)), shift * (1.0 + f32(film_scale))
         if film_shift is not None:
-            shift = shift + film_shift
+            shift = shift + f32(film_shift)
         bcast = (b,) + (1,) * (x.ndim - 2) + (c,)
         return (x32 * a.reshape(bcast) + shift.reshape(bcast)).astype(x.dtype)
 
@@ -147,10 +148,11 @@ class TimeMLP(nn.Module):
     hidden_dim: int
     out_dim: int
     act: str = "swish"
+    dtype: jnp.dtype = jnp.float32  # of the embedding fed to the MLP: the params' dtype
 
     @nn.compact
     def __call__(self, t: jax.Array) -> jax.Array:
         act = ACTIVATIONS[self.act]
-        h = timestep_embedding(t, self.embed_dim)
+        h = timestep_embedding(t, self.embed_dim).astype(self.dtype)
         h = act(nn.Dense(self.hidden_dim)(h))
         return nn.Dense(self.out_dim)(h)

@@ -39,29 +39,36 @@ class UNet(nn.Module):
     num_res_blocks: int = 2
     attn_resolutions: Sequence[int] = (16,)
     dropout: float = 0.1
+    remat: bool = False
     num_classes: int = 0
     out_channels: int | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, t: jax.Array, labels: jax.Array | None = None, train: bool = False) -> jax.Array:
-        temb = TimeMLP(self.ch, 4 * self.ch, 4 * self.ch)(t)
+        """Computes in x's dtype (bfloat16 x and params: bfloat16 activations)."""
+        temb = TimeMLP(self.ch, 4 * self.ch, 4 * self.ch, dtype=x.dtype)(t)
         if self.num_classes:
             temb = temb + LabelEmbed(self.num_classes, 4 * self.ch)(labels, x.shape[0])
+        temb = temb.astype(x.dtype)
+        # rematerialised blocks keep their names, so checkpoints load either way
+        block_cls = nn.remat(ResBlock, static_argnums=(3,)) if self.remat else ResBlock
+        count = iter(range(1 << 20))
+        ResBlock_ = lambda *a: block_cls(*a, name=f"ResBlock_{next(count)}")  # noqa: N806
         hs = [nn.Conv(self.ch, (3, 3))(x)]
         for level, mult in enumerate(self.ch_mult):
             for _ in range(self.num_res_blocks):
-                h = ResBlock(self.ch * mult, self.dropout)(hs[-1], temb, train)
+                h = ResBlock_(self.ch * mult, self.dropout)(hs[-1], temb, train)
                 if h.shape[1] in self.attn_resolutions:
                     h = _attention(h)
                 hs.append(h)
             if level != len(self.ch_mult) - 1:
                 hs.append(nn.Conv(hs[-1].shape[-1], (3, 3), strides=(2, 2))(hs[-1]))
-        h = ResBlock(hs[-1].shape[-1], self.dropout)(hs[-1], temb, train)
+        h = ResBlock_(hs[-1].shape[-1], self.dropout)(hs[-1], temb, train)
         h = _attention(h)
-        h = ResBlock(h.shape[-1], self.dropout)(h, temb, train)
+        h = ResBlock_(h.shape[-1], self.dropout)(h, temb, train)
         for level, mult in reversed(list(enumerate(self.ch_mult))):
             for _ in range(self.num_res_blocks + 1):
-                h = ResBlock(self.ch * mult, self.dropout)(
+                h = ResBlock_(self.ch * mult, self.dropout)(
                     jnp.concatenate([h, hs.pop()], axis=-1), temb, train
                 )
                 if h.shape[1] in self.attn_resolutions:
