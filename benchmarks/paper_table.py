@@ -12,7 +12,9 @@ image with DDIM 50 and 256 steps, measured as a full DDIM run at batch 1 (the
 ODE-free sampler loop adds little, so it is close to steps x batch-1 latency, which
 is also reported); training-step time at --batch and peak memory (XLA's memory
 analysis of the compiled step: arguments + outputs + temporaries - aliased; plus the
-device's peak_bytes_in_use where it reports one). Then one row per fixed-step cU-Net
+device's peak_bytes_in_use where it reports one), also with every block
+rematerialised (model.*.remat), with bfloat16 activations (training.compute_dtype)
+and with both (compiled only, not timed). Then one row per fixed-step cU-Net
 solver setting (euler, heun, midpoint, rk4 with 1 and 2 steps): FLOPs, FLOPs per
 stage-evaluation, ratio to the U-Net, forward latency.
 --cpu_devices (default: one per core): on a CPU the batch is split over that many XLA
@@ -181,6 +183,17 @@ def main() -> None:
             steps[name] = (lambda f, s, b: lambda: f(s, b)[1]["loss"])(comp, state, xb)
         for name, s in alternated_medians(steps, a.repeats).items():
             rec[name][f"train_step_batch{a.batch}_s"] = s
+        # memory of the same step with every block rematerialised and/or bfloat16 activations (compiled only)
+        for name, c in configs.items():
+            for remat, dtype in ((True, "float32"), (False, "bfloat16"), (True, "bfloat16")):
+                v = c.copy_and_resolve_references()
+                v.model[name].remat, v.training.compute_dtype = remat, dtype
+                m, tx = build_denoiser(v.model), make_optimizer(v.training)
+                sched = make_schedule(v.diffusion.beta_schedule, v.diffusion.num_timesteps)
+                state = jax.device_put(create_train_state(m, tx, v, jax.random.key(0)), params_sharding)
+                comp = jax.jit(make_train_step(m, tx, sched, v)).lower(state, inputs(v, a.batch)[0]).compile()
+                tag = ("remat_" if remat else "") + ("bf16_" if dtype == "bfloat16" else "")
+                rec[name][f"train_step_peak_bytes_xla_{tag}batch{a.batch}"] = memory(comp)
         stats = jax.devices()[0].memory_stats() or {}
         if "peak_bytes_in_use" in stats:
             rec["device_peak_bytes_in_use_whole_run"] = int(stats["peak_bytes_in_use"])
@@ -198,6 +211,10 @@ def main() -> None:
              ("train_step_gflop", f"training step GFLOP, batch {a.batch}", lambda v: f"{v:.1f}"),
              (f"train_step_peak_bytes_xla_batch{a.batch}", f"training step memory, batch {a.batch} (MiB, XLA)",
               lambda v: f"{v / 2**20:.0f}")]
+    for tag, label in (("remat_", "every block rematerialised"), ("bf16_", "bfloat16 activations"),
+                       ("remat_bf16_", "rematerialised, bfloat16")):
+        keys.append((f"train_step_peak_bytes_xla_{tag}batch{a.batch}", f"training step memory, {label} (MiB, XLA)",
+                     lambda v: f"{v / 2**20:.0f}"))
     table = []
     ratios = {}
     for k, label, fmt in keys:

@@ -51,3 +51,9 @@ def test_final_scores_use_the_last_step_every_run_reached():
     assert step == 500
     assert sorted(r["fd"] for r in per_model["cunet_rk4"]) == [10.0, 12.0]
     assert np.isclose(sum(r["fd"] for r in per_model["unet"]), 20.0 + 24.0)
+
+
+def test_a_wider_learning_rate_grid_extends_the_sweep_and_nothing_else_may_change():
+    assert tc.extends_grid("5e-4,1e-3,2e-3", "5e-4,1e-3,2e-3,4e-3,8e-3")
+    assert tc.extends_grid("1e-3,2e-3", "0.002,0.001")  # same rates, other spelling
+    assert not tc.extends_grid("5e-4,1e-3,2e-3", "1e-3,2e-3,4e-3")  # drops a rate already swept
