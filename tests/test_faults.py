@@ -286,10 +286,10 @@ from odediff import cli, data
 
 real_get_batch = data.get_batch
 
-def get_batch(source, config, batch_size, seed, step, *args):
+def get_batch(source, config, batch_size, seed, step, *args, **kwargs):
     if step == int(os.environ.get("SIGINT_STEP", -1)):
         os.kill(os.getpid(), signal.SIGINT)
-    batch = real_get_batch(source, config, batch_size, seed, step, *args)
+    batch = real_get_batch(source, config, batch_size, seed, step, *args, **kwargs)
     return np.full_like(batch, np.nan) if step == int(os.environ["NAN_STEP"]) else batch
 
 data.get_batch = get_batch
