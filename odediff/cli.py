@@ -5,12 +5,11 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
 from absl import flags, logging as absl_logging
 from ml_collections import config_flags
 
 from odediff.checkpoint import CheckpointError
-import numpy as np
-
 from odediff.config import ConfigError, check_sampling
 from odediff.data import DataError
 
@@ -188,7 +187,8 @@ def define_sample_flags() -> None:
                         "per class); default: unconditional samples.")
     flags.DEFINE_integer("seed", 0, "Random seed.")
     flags.DEFINE_string("out", None, "Output prefix: writes <out>.png, <out>.npz and <out>.json (the options) "
-                        "(default <workdir>/samples/sample_<step>_<sampler><steps>[_cfg<w>][_class<labels>]_seed<seed>).")
+                        "(default <workdir>/samples/sample_<step>_<sampler><steps>[_cfg<w>][_class<labels>]"
+                        "_seed<seed>).")
     define_sampling_flags("sample.py")
 
 

@@ -336,7 +336,8 @@ def evaluate_run(
     result = evaluate_samples(samples, real, space, reference=reference, labels=labels)
     result.update({
         "workdir": str(workdir), "step": step, "model": config.model.name, "sampler": sc.sampler,
-        "steps": sc.steps, "sampling": sc.to_dict(), "sampling_used": describe_sampling(sc), "nfe": nfe, "seed": seed, "sample_seconds": seconds,
+        "steps": sc.steps, "sampling": sc.to_dict(), "sampling_used": describe_sampling(sc), "nfe": nfe,
+        "seed": seed, "sample_seconds": seconds,
         "samples_per_second": num / max(seconds, 1e-9), "data_source": str(config.data.source),
         "real_split": "test", "reference_split": "train",
     })
