@@ -58,7 +58,7 @@ from odediff import data as data_lib  # noqa: E402
 from odediff import images, parallel  # noqa: E402
 from odediff.checkpoint import Checkpointer  # noqa: E402
 from odediff.config import config_differences, config_to_json, load_config_file  # noqa: E402
-from odediff.evaluation import _all_images, evaluate_samples, feature_space  # noqa: E402
+from odediff.evaluation import Embedded, _all_images, embed, evaluate_samples, feature_space  # noqa: E402
 from odediff.models import build_denoiser  # noqa: E402
 from odediff.schedule import make_schedule  # noqa: E402
 from odediff.generation import make_sample_fn  # noqa: E402
@@ -183,12 +183,12 @@ SCORES = ("fd", "precision", "recall", "kid_mean", "kid_std", "confident_fractio
           "class_histogram_tv")
 
 
-def score(samples: np.ndarray, real: np.ndarray, space) -> dict:
+def score(samples: np.ndarray, real: Embedded, space) -> dict:
     ev = evaluate_samples(samples, real, space, kid_subsets=20, kid_subset_size=min(len(samples), 500))
     return {k: ev[k] for k in SCORES}
 
 
-def real_floor(train_source, real: np.ndarray, space, num: int, draws: int = 3) -> dict:
+def real_floor(train_source, real: Embedded, space, num: int, draws: int = 3) -> dict:
     """The metrics of `num` train images against the held-out ones, per draw."""
     rows = [score(_all_images(train_source, num, seed=100 + d)[0], real, space) for d in range(draws)]
     return {"num": num, "draws": rows, **{k: [r[k] for r in rows] for k in SCORES}}
@@ -254,8 +254,8 @@ def main() -> None:
 
     data_config = make_config(a, models[0], lrs[0], 0).data
     source = data_lib.load_source(data_config, "train")
-    real = _all_images(data_lib.load_source(data_config, "test"))[0]
     space = feature_space(data_config, a.cache_dir, classifier_steps=a.classifier_steps)
+    real = embed(_all_images(data_lib.load_source(data_config, "test"))[0], space)  # once, for every scoring
     record["feature_space"] = {k: v for k, v in space.info.items() if k != "classifier_cache"}
     if record.get("floor", {}).get("num") != a.num_eval_samples:
         record["floor"] = real_floor(source, real, space, a.num_eval_samples)

@@ -10,7 +10,7 @@ from absl import flags, logging as absl_logging
 from ml_collections import config_flags
 
 from odediff.checkpoint import CheckpointError
-from odediff.config import ConfigError, check_sampling
+from odediff.config import ConfigError
 from odediff.data import DataError
 
 CONFIGS = importlib.resources.files("odediff.configs")  # the repository's configs/, installed with the package
@@ -127,7 +127,7 @@ def train_main() -> None:
 # ---------------------------------------------------------------------------- sample.py
 
 
-SHORTHANDS = {"sampler": "sampler", "steps": "steps", "guidance": "guidance"}  # flag -> sampling field
+SHORTHANDS = ("sampler", "steps", "guidance")  # --<name> sets sampling.<name>
 
 
 def define_sampling_flags(prog: str) -> None:
@@ -153,11 +153,11 @@ def sampling_overrides(argv: list[str]) -> dict:
         if arg.startswith(("--sampling.", "-sampling.")):
             key = arg.split("sampling.", 1)[1].split("=", 1)[0]
             out[key] = f.sampling[key]
-    for flag, key in SHORTHANDS.items():
-        value = f[flag].value
+    for key in SHORTHANDS:
+        value = f[key].value
         if value is not None:
             if key in out and out[key] != value:
-                raise ConfigError(f"--{flag}={value} and --sampling.{key}={out[key]} disagree: pass one of them")
+                raise ConfigError(f"--{key}={value} and --sampling.{key}={out[key]} disagree: pass one of them")
             out[key] = value
     return out
 
@@ -202,7 +202,6 @@ def sample_main() -> None:
     parallel.use_cpu_cores(f.num)  # with --labels, a multiple of --num is drawn
     config, params, step = restore_run(f.workdir, f.step)
     config = with_sampling(config, **sampling_overrides(sys.argv))
-    check_sampling(config.sampling)
     sc = config.sampling
     labels, cols = parse_labels(f.labels, config.model.num_classes, f.num)
     num = f.num if labels is None else len(labels)
