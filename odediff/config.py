@@ -20,6 +20,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.random_flip = False
     c.data.data_dir = ""  # tfds data_dir; "" means tfds' default
     c.data.holdout_fraction = 0.1  # for sources without a test split
+    c.data.prefetch = 2  # batches read ahead of the step (in threads); 0: each made in the loop
+    c.data.num_workers = 0  # worker processes that decode and resize (0: threads of the training process)
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "cunet"  # cunet | unet: which of the two sub-configs below is built
@@ -41,6 +43,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.cunet.atol = 1e-3
     c.model.cunet.adjoint = "recursive"  # recursive | direct | backsolve (diffeqsolve mode)
     c.model.cunet.max_ode_steps = 64
+    c.model.cunet.stem_norm = True
     c.model.cunet.remat = False  # recompute each ODE block's solve in the backward pass (less memory)
 
     c.model.unet = ml_collections.ConfigDict()
@@ -122,7 +125,7 @@ class ConfigError(ValueError):
 # Keys that may change when a run is resumed: they do not alter what is being trained.
 RESUMABLE_KEYS = (
     "training.num_steps", "training.log_every", "training.sample_every",
-    "training.checkpoint_every", "training.keep_checkpoints", "sampling.",
+    "training.checkpoint_every", "training.keep_checkpoints", "sampling.", "data.prefetch", "data.num_workers",
 )
 _CHOICES = {
     "model.name": ("cunet", "unet"),
@@ -185,6 +188,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                 "training.sample_every", "training.checkpoint_every", "sampling.num_samples"):
         if not isinstance(flat[key], int) or flat[key] <= 0:
             raise ConfigError(f"{key}={flat[key]!r} must be a positive integer")
+    for key in ("data.prefetch", "data.num_workers"):
+        if not isinstance(flat[key], int) or flat[key] < 0:
+            raise ConfigError(f"{key}={flat[key]!r} must be a non-negative integer")
     if flat["training.batch_size"] % flat["training.grad_accum_steps"]:
         raise ConfigError(f"training.batch_size={flat['training.batch_size']} does not split into "
                           f"training.grad_accum_steps={flat['training.grad_accum_steps']} micro-batches")

@@ -23,6 +23,7 @@ from odediff import data, images, parallel
 from odediff.checkpoint import FORMAT_VERSION, Checkpointer
 from odediff.config import ConfigError, check_config, config_differences, config_to_json
 from odediff.generation import class_labels, make_sample_fn
+from odediff.input_pipeline import BatchIterator
 from odediff.models import build_denoiser
 from odediff.schedule import Schedule, draw_steps_and_noise, loss_at, make_schedule
 from odediff.train_state import (TrainState, abstract_train_state, create_train_state, learning_rate_schedule,
@@ -255,9 +256,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     if restored is None:
         init = jax.jit(lambda k: create_train_state(model, tx, config, k), out_shardings=replicated)
         state = init(jax.random.split(jax.random.key(config.seed))[0])
-        start = 0
+        start, meta = 0, {}
     else:
-        start, state, _ = restored
+        start, state, meta = restored
         log.info("resuming from step %d in %s", start, ckpt.directory)
 
     step_fn = jax.jit(
@@ -273,14 +274,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     from tqdm import tqdm
 
     bar = tqdm(total=tc.num_steps, initial=start, disable=not is_main, unit="step", dynamic_ncols=True)
+    batches = BatchIterator(source, config.data, tc.batch_size, config.seed, mesh, start=start,
+                            with_labels=conditional, state=meta.get("data_iterator"))
     # Closing also on errors finishes the saves in flight, so no good step is lost.
-    with _StopFlag() as stop, bar, contextlib.closing(ckpt), contextlib.closing(writer):
+    with _StopFlag() as stop, bar, contextlib.closing(ckpt), contextlib.closing(writer), batches:
         step = start
         while step < tc.num_steps:
-            local = data.get_batch(source, config.data, tc.batch_size, config.seed, step,
-                                   jax.process_index(), jax.process_count(), with_labels=conditional)
-            batch = jax.tree.map(lambda a: parallel.global_batch(a, mesh), local)
-            state, metrics = step_fn(state, batch)
+            state, metrics = step_fn(state, next(batches))
             pending.append(metrics)
             step += 1
             bar.update(1)
@@ -301,7 +301,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
                 if is_main:
                     images.save_grid(data.to_uint8(grid), workdir / "samples" / f"step_{step:08d}.png", scale=2)
             if save_now:
-                ckpt.save(step, state, checkpoint_meta(config, step), force=True)
+                ckpt.save(step, state, {**checkpoint_meta(config, step), "data_iterator": batches.state()},
+                          force=True)
             if stopping:
                 break
     if is_main:

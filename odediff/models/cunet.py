@@ -39,6 +39,7 @@ class CUNet(nn.Module):
     adjoint: str = "recursive"
     max_ode_steps: int = 64
     remat: bool = False
+    stem_norm: bool = True
     num_classes: int = 0
     out_channels: int | None = None
 
@@ -66,7 +67,9 @@ class CUNet(nn.Module):
         # starts with the conv.
         h = softplus(nn.Conv(self.nf, (3, 3))(x))
         widths = [self.nf * m for m in self.ch_mult]
-        h = softplus(nn.Conv(widths[0], (1, 1))(make_norm(self.norm, self.nf)(h)))
+        if self.stem_norm:
+            h = make_norm(self.norm, self.nf)(h)
+        h = softplus(nn.Conv(widths[0], (1, 1))(h))
 
         skips = []
         for width, next_width in zip(widths, widths[1:] + [2 * widths[-1]]):
