@@ -272,15 +272,39 @@ def _read_image_file(path: Path, size: int, channels: int) -> np.ndarray:
         raise DataError(f"folder: cannot read image {path} ({e}): remove or fix the file") from e
 
 
+def _check_image_file(path: Path) -> None:
+    try:
+        with Image.open(path):  # reads the header only
+            pass
+    except OSError as e:  # PIL's UnidentifiedImageError is an OSError
+        raise DataError(f"folder: cannot read image {path} ({e}): remove or fix the file") from e
+
+
+def _read_files(files: list[Path], size: int, channels: int, idx: np.ndarray) -> np.ndarray:
+    out = np.empty((len(idx), size, size, channels), np.uint8)
+    for j, i in enumerate(idx):
+        out[j] = _read_image_file(files[int(i)], size, channels)
+    return out
+
+
 def _load_folder(c: ml_collections.ConfigDict, directory: Path, split: str) -> ImageSource:
+    """Files are checked now and decoded, cropped and resized when read (in the input
+    pipeline's threads or workers)."""
     if not directory.is_dir():
         raise DataError(f"folder:{directory} is not a directory: pass folder:<dir of PNG/JPEG files>")
     files = sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise DataError(f"folder:{directory} has no {'/'.join(IMAGE_SUFFIXES)} files: point it at an image dir")
     idx = _holdout_indices(len(files), c.holdout_fraction, split, f"folder:{directory}")
-    images = np.stack([_read_image_file(files[i], c.image_size, c.channels) for i in idx])
-    return _array_source(f"folder:{directory}", images, None, c, None)
+    files = [files[i] for i in idx]
+    for path in files:
+        _check_image_file(path)
+    return ImageSource(
+        name=f"folder:{directory}",
+        num_examples=len(files),
+        num_classes=None,
+        read_images=functools.partial(_read_files, files, c.image_size, c.channels),
+    )
 
 
 # ----------------------------------------------------------------------------- tfds
@@ -403,10 +427,17 @@ def batch_indices(num_examples: int, batch_size: int, seed: int, step: int) -> n
     epochs, offsets = np.divmod(positions, np.int64(num_examples))
     out = np.empty(batch_size, np.int64)
     for epoch in np.unique(epochs):
-        perm = np.random.default_rng([_PERM_TAG, seed, int(epoch)]).permutation(num_examples)
         mask = epochs == epoch
-        out[mask] = perm[offsets[mask]]
+        out[mask] = _epoch_order(num_examples, seed, int(epoch))[offsets[mask]]
     return out
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+    """The order of one epoch, drawn once per epoch rather than once per batch."""
+    order = np.random.default_rng([_PERM_TAG, seed, epoch]).permutation(num_examples)
+    order.flags.writeable = False
+    return order
 
 
 def flip_mask(batch_size: int, seed: int, step: int) -> np.ndarray:

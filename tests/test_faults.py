@@ -13,13 +13,14 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
 from helpers import REPO, TINY, run, tiny_config
 from odediff import parallel
-from odediff.checkpoint import CheckpointError, Checkpointer, FormatError
+from odediff.checkpoint import CheckpointError, Checkpointer, FormatError, state_checksum
 from odediff.generation import restore_run
 from odediff.models import build_denoiser
 from odediff.train_state import abstract_train_state, make_optimizer
@@ -455,3 +456,16 @@ def test_a_cosine_run_resumes_only_with_the_num_steps_it_started_with(tmp_path):
     (tmp_path / "config.json").write_text(config_to_json(config))
     config.training.num_steps = 300
     _check_workdir_config(tmp_path, config, allow_config_change=False)
+
+
+def test_the_state_checksum_sees_any_changed_word_and_not_the_sharding():
+    mesh = parallel.make_mesh()
+    state = {"w": jnp.arange(64, dtype=jnp.float32).reshape(8, 8), "n": jnp.int32(3), "key": jax.random.key(1),
+             "h": jnp.ones(4, jnp.bfloat16)}
+    value = int(state_checksum(state))
+    sharded = {**state, "w": jax.device_put(state["w"], parallel.batch_sharded(mesh))}
+    assert int(state_checksum(sharded)) == value
+    for changed in ({**state, "w": state["w"].at[5, 2].set(np.nextafter(np.float32(42), np.float32(43)))},
+                    {**state, "w": state["w"].T}, {**state, "n": jnp.int32(4)},
+                    {**state, "h": state["h"].at[0].set(2)}, {**state, "key": jax.random.key(2)}):
+        assert int(state_checksum(changed)) != value
