@@ -21,8 +21,11 @@ held-out by data.holdout_fraction (0.1: 9,000 / 1,000). Models: the DDPM U-Net
    EMA params) against the held-out split: FD in the features of a classifier
    trained on the train split, precision/recall, KID on standardised features, the
    share of samples the classifier labels with p >= 0.9 and the entropy of their
-   class histogram. Training seconds (the step loop, compilation excluded) are kept
-   with every score, for FD against wall clock.
+   class histogram. The step loop's wall-clock seconds are kept with every score, but
+   other load on the machine inflates them unevenly across runs; FD against time and
+   the seconds to reach the U-Net's FD therefore use steps x each model's step time,
+   measured with the models alternating in one process (once per experiment, or again
+   with --retime).
 3. The real-data floor: the same metrics for as many train images as samples,
    against the same held-out images, over three draws.
 
@@ -149,11 +152,7 @@ class Run:
         if self.step >= target:
             return
         c = self.config
-        if self._step_fn is None:
-            fn = jax.jit(make_train_step(self.model, self.tx, self.schedule, c),
-                         out_shardings=(self.rep, self.rep), donate_argnums=0)
-            b0 = parallel.global_batch(data_lib.get_batch(source, c.data, c.training.batch_size, c.seed, 0), self.mesh)
-            self._step_fn = fn.lower(self.state, b0).compile()
+        self._compile(source)
         t0, losses = time.perf_counter(), []
         for s in range(self.step, target):
             batch = data_lib.get_batch(source, c.data, c.training.batch_size, c.seed, s)
@@ -167,6 +166,29 @@ class Run:
         self.step = target
         meta = {**checkpoint_meta(c, target), "train_seconds": self.train_seconds, "losses": self.losses}
         self.ckpt.save(target, self.state, meta, force=True)
+
+    def _compile(self, source) -> None:
+        if self._step_fn is None:
+            c = self.config
+            fn = jax.jit(make_train_step(self.model, self.tx, self.schedule, c),
+                         out_shardings=(self.rep, self.rep), donate_argnums=0)
+            b0 = parallel.global_batch(data_lib.get_batch(source, c.data, c.training.batch_size, c.seed, 0), self.mesh)
+            self._step_fn = fn.lower(self.state, b0).compile()
+
+    def time_steps(self, source, steps: int) -> float:
+        """Seconds per step of the compiled step on a copy of the state (the run is not
+        advanced), one batch already on the devices."""
+        self._compile(source)
+        c = self.config
+        batch = parallel.global_batch(data_lib.get_batch(source, c.data, c.training.batch_size, c.seed, 0), self.mesh)
+        state = jax.tree.map(lambda x: x.copy(), self.state)
+        state, _ = self._step_fn(state, batch)
+        jax.block_until_ready(state)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            state, _ = self._step_fn(state, batch)
+        jax.block_until_ready(state)
+        return (time.perf_counter() - t0) / steps
 
     def samples(self, num: int) -> np.ndarray:
         if self._sample_fn is None:
@@ -216,6 +238,9 @@ def main() -> None:
     ap.add_argument("--runs_dir", default="runs/mnist_compare")
     ap.add_argument("--cache_dir", default=str(Path("~/.cache/odediff").expanduser()))
     ap.add_argument("--out", default="benchmarks/results/mnist_compare")
+    ap.add_argument("--timed_steps", type=int, default=10, help="steps per timing of each model's step")
+    ap.add_argument("--timing_repeats", type=int, default=3)
+    ap.add_argument("--retime", action="store_true", help="measure the models' step times again")
     ap.add_argument("--report_only", action="store_true", help="rewrite the report from the JSON, train nothing")
     a = ap.parse_args()
     for k, v in PRESETS[a.preset].items():
@@ -286,6 +311,12 @@ def main() -> None:
 
     runs = [Run(a, m, chosen[m], s, record["runs"], mesh) for s in seeds for m in models]
     record["main_runs"] = sorted(r.name for r in runs)
+    if a.retime or set(record.get("step_seconds", {})) != set(models):
+        record["step_seconds"] = time_models({m: next(r for r in runs if r.model_name == m) for m in models},
+                                             source, a.timed_steps, a.timing_repeats)
+        print("step seconds, side by side:", {m: f"{v['median']:.3f}" for m, v in record["step_seconds"].items()},
+              flush=True)
+        save()
     for target in range(a.eval_every, a.steps + 1, a.eval_every):
         for r in runs:
             if a.time_budget and r.train_seconds >= a.time_budget and r.step < target:
@@ -314,6 +345,16 @@ def main() -> None:
     report(record, out)
 
 
+def time_models(runs: dict, source, steps: int, repeats: int) -> dict:
+    """Each model's step time, the models alternating `repeats` times in this one process,
+    so that other load on the machine falls on all of them alike."""
+    times: dict[str, list[float]] = {m: [] for m in runs}
+    for _ in range(repeats):
+        for m, r in runs.items():
+            times[m].append(r.time_steps(source, steps))
+    return {m: {"median": float(np.median(v)), "all": v} for m, v in times.items()}
+
+
 def final_scores(record: dict) -> tuple[int, dict]:
     """The last step every main run was scored at, and each model's scores there per seed."""
     main = [record["runs"][n] for n in record.get("main_runs", []) if record["runs"][n]["evals"]]
@@ -334,12 +375,14 @@ def report(record: dict, out: Path) -> None:
         return
     step, per_model = final_scores(record)
     floor = record["floor"]
+    step_seconds = {m: v["median"] for m, v in record.get("step_seconds", {}).items()}
     summary = {"step": step, "floor_fd_mean": float(np.mean(floor["fd"])), "floor_fd_std": float(np.std(floor["fd"])),
                "models": {}}
     for m, rows in per_model.items():
         s = {"seeds": [r["seed"] for r in rows], "lr": record["lr"][m],
              "params": record["runs"][next(n for n in record["main_runs"] if record["runs"][n]["model"] == m)]["params"],
-             "train_seconds_mean": float(np.mean([r["train_seconds"] for r in rows]))}
+             "train_seconds_mean": float(np.mean([r["train_seconds"] for r in rows])),
+             "step_seconds": step_seconds.get(m)}
         for k in SCORES:
             v = [r[k] for r in rows]
             s[k + "_mean"], s[k + "_std"], s[k] = float(np.mean(v)), float(np.std(v)), v
@@ -358,23 +401,25 @@ def report(record: dict, out: Path) -> None:
             r = record["runs"][n]
             if r["model"] == m:
                 hit = next((e for e in sorted(r["evals"], key=lambda e: e["step"]) if e["fd"] <= u["fd_mean"]), None)
-                reach.append(None if hit is None else (hit["step"], hit["train_seconds"]))
+                reach.append(None if hit is None else (hit["step"], hit["step"] * step_seconds.get(m, np.nan)))
         s["reach_unet_final_fd"] = reach
     record["summary"] = summary
     write_json(out / "train_compare.json", {k: v for k, v in record.items() if k != "machine"})
 
     rows = [["real data (train vs held-out)", "", "", f"{summary['floor_fd_mean']:.2f} ± {summary['floor_fd_std']:.2f}",
              "1.0", f"{np.mean(floor['precision']):.3f} / {np.mean(floor['recall']):.3f}",
-             f"{np.mean(floor['confident_fraction']):.3f} / {np.mean(floor['confident_entropy']):.2f}", ""]]
+             f"{np.mean(floor['confident_fraction']):.3f} / {np.mean(floor['confident_entropy']):.2f}", "", ""]]
     for m, s in summary["models"].items():
         rows.append([m, f"{s['params']:,}", f"{s['lr']:g}", f"{s['fd_mean']:.2f} ± {s['fd_std']:.2f}",
                      f"{s['fd_over_floor']:.1f}", f"{s['precision_mean']:.3f} / {s['recall_mean']:.3f}",
                      f"{s['confident_fraction_mean']:.3f} / {s['confident_entropy_mean']:.2f}",
+                     f"{s['step_seconds'] * 1e3:.0f}" if s["step_seconds"] else "",
                      f"{s['train_seconds_mean']:.0f}"])
     print(f"\nstep {step}, {len(next(iter(per_model.values()), []))} seeds, FD of "
           f"{floor['num']} samples vs held-out (mean ± std over seeds)")
     print(markdown_table(["model", "params", "lr", "FD", "FD / floor", "precision / recall",
-                          "p>=0.9 share / entropy (bits)", "training s"], rows), flush=True)
+                          "p>=0.9 share / entropy (bits)", "step ms (side by side)", "training s (wall)"], rows),
+          flush=True)
 
     import matplotlib
 
@@ -382,12 +427,15 @@ def report(record: dict, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
-    for ax, key, label in ((axes[0], "step", "training step"), (axes[1], "train_seconds", "training seconds")):
+    for ax, per_step, label in ((axes[0], None, "training step"),
+                                (axes[1], step_seconds, "training seconds (steps x step time, measured side by side)")):
         for m in per_model:
+            if per_step is not None and m not in per_step:
+                continue
             curves = [sorted(record["runs"][n]["evals"], key=lambda e: e["step"]) for n in record["main_runs"]
                       if record["runs"][n]["model"] == m]
             n = min(len(c) for c in curves)
-            x = np.mean([[e[key] for e in c[:n]] for c in curves], axis=0)
+            x = np.array([e["step"] for e in curves[0][:n]]) * (1.0 if per_step is None else per_step[m])
             fd = np.array([[e["fd"] for e in c[:n]] for c in curves])
             (line,) = ax.plot(x, fd.mean(0), "o-", ms=3, label=f"{m} ({len(curves)} seeds)")
             ax.fill_between(x, fd.min(0), fd.max(0), color=line.get_color(), alpha=0.2)

@@ -43,7 +43,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.cunet.atol = 1e-3
     c.model.cunet.adjoint = "recursive"  # recursive | direct | backsolve (diffeqsolve mode)
     c.model.cunet.max_ode_steps = 64
-    c.model.cunet.stem_norm = True
+    c.model.cunet.stem_norm = False  # normalise the stem's features (runs before this field existed did)
     c.model.cunet.remat = False  # recompute each ODE block's solve in the backward pass (less memory)
 
     c.model.unet = ml_collections.ConfigDict()
@@ -98,16 +98,27 @@ def default_config() -> ml_collections.ConfigDict:
 
 # Fields renamed since a saved config could have been written: old dotted key -> new.
 RENAMED = {"sampling.num_steps": "sampling.steps"}
+# Fields added with a default that changes what older runs computed: a saved config
+# without the field gets the value those runs had.
+ADDED_WITH_OLD_VALUE = {"model.cunet.stem_norm": True}
 
 
 def complete_config(saved: Mapping[str, Any]) -> ml_collections.ConfigDict:
     """A saved config (dict) as a ConfigDict with every current field: renamed fields
-    moved, fields added to odediff since at their defaults."""
+    moved, fields added to odediff since at their defaults (or, where the default
+    changes the model, at the value the run was trained with)."""
     saved = json.loads(json.dumps(saved))
     for old, new in RENAMED.items():
         (a, b), (_, d) = old.split("."), new.split(".")
         if b in saved.get(a, {}):
             saved[a].setdefault(d, saved[a].pop(b))
+    for key, value in ADDED_WITH_OLD_VALUE.items():
+        *parents, leaf = key.split(".")
+        node = saved
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.setdefault(leaf, value)
 
     def merge(default: dict, given: Mapping[str, Any]) -> dict:
         out = dict(default)
@@ -154,11 +165,14 @@ def config_to_json(config: ml_collections.ConfigDict) -> str:
 
 
 def config_differences(saved: Mapping[str, Any], config: ml_collections.ConfigDict) -> list[str]:
-    """Keys whose values differ between a saved config and this one, ignoring resumable keys;
-    a key the saved config lacks (added to odediff since) counts as holding its default."""
+    """Keys whose values differ between a saved config and this one, ignoring resumable keys
+    and the sub-config of the denoiser neither builds; a key the saved config lacks (added
+    to odediff since) counts as holding its default."""
     a = flatten(json.loads(config_to_json(complete_config(saved))))
     b = flatten(json.loads(config_to_json(config)))
-    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not k.startswith(RESUMABLE_KEYS))
+    unused = tuple(f"model.{name}." for name in ("cunet", "unet") if name not in (a["model.name"], b["model.name"]))
+    return sorted(k for k in set(a) | set(b)
+                  if a.get(k) != b.get(k) and not k.startswith(RESUMABLE_KEYS) and not (unused and k.startswith(unused)))
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:

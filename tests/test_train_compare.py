@@ -20,7 +20,8 @@ def _record(unet_fds, cunet_fds, steps=(500, 1000)):
             runs[f"{model}_s{seed}"] = {"model": model, "seed": seed, "lr": 1e-3, "params": 10, "evals": evals}
     floor = {"num": 1000, **{k: [1.0, 2.0, 3.0] for k in tc.SCORES}}
     return {"protocol": {"image_size": 16, "batch": 64, "eval_steps": 25}, "floor": floor, "runs": runs,
-            "main_runs": sorted(runs), "lr": {"unet": 1e-3, "cunet_rk4": 1e-3}}
+            "main_runs": sorted(runs), "lr": {"unet": 1e-3, "cunet_rk4": 1e-3},
+            "step_seconds": {"unet": {"median": 4.0}, "cunet_rk4": {"median": 2.0}}}
 
 
 def test_a_ratio_only_where_the_seeds_do_not_overlap(tmp_path):
@@ -31,8 +32,9 @@ def test_a_ratio_only_where_the_seeds_do_not_overlap(tmp_path):
     c = s["models"]["cunet_rk4"]
     assert c["fd_mean"] == 5.5 and c["fd_ratio_to_unet"] == 5.5 / 11.0
     assert c["fd_over_floor"] == 5.5 / 2.0
-    # the U-Net's final mean FD is 11: seed 0 is at 10 by step 500, seed 1 (12 there) only by step 1000
-    assert c["reach_unet_final_fd"] == [(500, 5000.0), (1000, 10000.0)]
+    # the U-Net's final mean FD is 11: seed 0 is at 10 by step 500, seed 1 (12 there) only by
+    # step 1000; seconds are steps x the step time measured side by side (not the runs' wall clock)
+    assert c["reach_unet_final_fd"] == [(500, 1000.0), (1000, 2000.0)]
     assert json.loads((tmp_path / "train_compare.json").read_text())["summary"]["step"] == 1000
     assert (tmp_path / "train_compare.png").stat().st_size > 0
 

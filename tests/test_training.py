@@ -249,9 +249,11 @@ def test_saved_configs_are_read_with_renamed_fields_moved_and_new_ones_at_their_
     saved = json.loads(config_to_json(default_config()))
     saved["sampling"]["num_steps"] = 25  # the name before it became sampling.steps
     del saved["sampling"]["steps"], saved["model"]["num_classes"], saved["sampling"]["solver"]
+    del saved["model"]["cunet"]["stem_norm"]
     c = complete_config(saved)
     assert c.sampling.steps == 25 and "num_steps" not in c.sampling
     assert c.model.num_classes == 0 and c.sampling.solver == "tsit5"
+    assert c.model.cunet.stem_norm and not default_config().model.cunet.stem_norm  # what the old run computed
 
 
 @pytest.mark.parametrize("fields, message", [

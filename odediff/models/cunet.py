@@ -39,7 +39,7 @@ class CUNet(nn.Module):
     adjoint: str = "recursive"
     max_ode_steps: int = 64
     remat: bool = False
-    stem_norm: bool = True
+    stem_norm: bool = False
     num_classes: int = 0
     out_channels: int | None = None
 
