@@ -144,6 +144,7 @@ def main() -> None:
     ap.add_argument("--skip_loader", action="store_true")
     ap.add_argument("--out", default="benchmarks/results/input_pipeline.json")
     a = ap.parse_args()
+    parallel.use_cpu_cores(BATCH)
     jax.config.update("jax_compilation_cache_dir", str(Path(tempfile.gettempdir()) / "odediff_jax_cache"))
     result = {"batch": BATCH}
     if not a.skip_loader:

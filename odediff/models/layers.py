@@ -84,9 +84,12 @@ class GroupNorm(nn.Module):
         # into the elementwise pass below and recomputed it per pixel in unvectorised index
         # arithmetic (3-4x slower); a dot is never fused into its consumer. Exact in f32
         # only at "highest" precision (GPUs default to TF32, TPUs to bf16 passes).
+        # Stacked on a new axis, not concatenated along the batch: under data parallelism
+        # that concatenate put all-to-alls in the backward pass (slow, and able to
+        # deadlock XLA:CPU's collectives on a small thread pool).
         expand = jnp.repeat(jnp.eye(self.num_groups, dtype=jnp.float32), c // self.num_groups, axis=1)
-        stats = jnp.dot(jnp.concatenate([inv, mean]), expand, precision=jax.lax.Precision.HIGHEST)
-        inv, mean = jnp.split(stats, 2)
+        stats = jnp.dot(jnp.stack([inv, mean], axis=1), expand, precision=jax.lax.Precision.HIGHEST)
+        inv, mean = stats[:, 0], stats[:, 1]
         f32 = lambda v: v.astype(jnp.float32)  # noqa: E731  (params and FiLM may be bfloat16)
         a = inv * f32(scale)[None, :]
         shift = f32(bias)[None, :] - mean * a
