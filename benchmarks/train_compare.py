@@ -158,6 +158,8 @@ class Run:
             batch = data_lib.get_batch(source, c.data, c.training.batch_size, c.seed, s)
             self.state, m = self._step_fn(self.state, parallel.global_batch(batch, self.mesh))
             losses.append(m["loss"])
+            if parallel.one_step_at_a_time(self.mesh):
+                m["loss"].block_until_ready()
         jax.block_until_ready(self.state)
         self.train_seconds += time.perf_counter() - t0
         self.losses += [float(v) for v in jax.device_get(losses)]
@@ -186,7 +188,9 @@ class Run:
         jax.block_until_ready(state)
         t0 = time.perf_counter()
         for _ in range(steps):
-            state, _ = self._step_fn(state, batch)
+            state, m = self._step_fn(state, batch)
+            if parallel.one_step_at_a_time(self.mesh):
+                m["loss"].block_until_ready()
         jax.block_until_ready(state)
         return (time.perf_counter() - t0) / steps
 

@@ -29,6 +29,14 @@ def initialize_distributed(
         jax.distributed.initialize()
 
 
+def one_step_at_a_time(mesh: Mesh) -> bool:
+    """Whether a loop must wait for each step before dispatching the next: XLA:CPU's
+    collectives between several CPU devices of one process deadlock when executions
+    queue up behind one another (seen within a few thousand steps of any data-parallel
+    step, jax 0.10; a wait per step avoids it). Accelerators queue safely."""
+    return mesh.devices.flat[0].platform == "cpu" and len(mesh.local_devices) > 1
+
+
 def cpu_devices_for(batch_size: int, env: dict | None = None, cores: int | None = None) -> int | None:
     """How many XLA CPU devices to make for a batch: one per core when the batch splits
     evenly over them, else one; None when the environment already says

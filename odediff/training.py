@@ -274,6 +274,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     from tqdm import tqdm
 
     bar = tqdm(total=tc.num_steps, initial=start, disable=not is_main, unit="step", dynamic_ncols=True)
+    one_at_a_time = parallel.one_step_at_a_time(mesh)
     batches = BatchIterator(source, config.data, tc.batch_size, config.seed, mesh, start=start,
                             with_labels=conditional, state=meta.get("data_iterator"))
     # Closing also on errors finishes the saves in flight, so no good step is lost.
@@ -281,6 +282,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
         step = start
         while step < tc.num_steps:
             state, metrics = step_fn(state, next(batches))
+            if one_at_a_time:
+                metrics["loss"].block_until_ready()
             pending.append(metrics)
             step += 1
             bar.update(1)
