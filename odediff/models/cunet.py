@@ -62,9 +62,9 @@ class CUNet(nn.Module):
         if self.num_classes:  # every ODE block's FiLM sees the class through temb
             temb = temb + LabelEmbed(self.num_classes, self.time_embed_dim)(labels, x.shape[0])
         temb = softplus(temb).astype(x.dtype)
-        # The release normalises x_t itself first; that erases each image's mean and scale,
-        # which a denoiser needs (samples came out with grey backgrounds), so the stem
-        # starts with the conv.
+        # The release normalises x_t itself first, and the paper's stem normalises the
+        # conv's features too: both erase each image's mean and scale, which a denoiser
+        # needs (samples came out with grey backgrounds). `stem_norm` keeps the second.
         h = softplus(nn.Conv(self.nf, (3, 3))(x))
         widths = [self.nf * m for m in self.ch_mult]
         if self.stem_norm:
