@@ -21,6 +21,7 @@ stage-evaluation, ratio to the U-Net, forward latency.
 CPU devices, as training splits it over accelerators. XLA:CPU runs a convolution
 with fewer than ~128 channels on one thread, so a single CPU device leaves cores idle
 on the cU-Net's narrow full-resolution blocks; both denoisers get the same devices.
+--memory_only: only those four memory figures per denoiser (compiled, nothing run).
 --quick: batch 2, 2 repeats, solvers euler and rk4 only, no training step and no full
 DDIM runs (smoke test; add --image_size 16 on a CPU).
 """
@@ -92,6 +93,41 @@ def alternated_medians(fns: dict, repeats: int) -> dict:
     return {n: statistics.median(v) for n, v in times.items()}
 
 
+def step_memory_variants(name: str, config, batch: int, params_sharding, plain: bool = False) -> dict:
+    """XLA's memory of the training step with every block rematerialised and/or bfloat16
+    activations (compiled only, not run); with `plain` also the step as configured."""
+    out = {}
+    variants = ((False, "float32"),) * plain + ((True, "float32"), (False, "bfloat16"), (True, "bfloat16"))
+    for remat, dtype in variants:
+        v = config.copy_and_resolve_references()
+        v.training.batch_size = batch
+        v.model[name].remat, v.training.compute_dtype = remat, dtype
+        m, tx = build_denoiser(v.model), make_optimizer(v.training)
+        sched = make_schedule(v.diffusion.beta_schedule, v.diffusion.num_timesteps)
+        state = jax.device_put(create_train_state(m, tx, v, jax.random.key(0)), params_sharding)
+        comp = jax.jit(make_train_step(m, tx, sched, v)).lower(state, inputs(v, batch)[0]).compile()
+        tag = ("remat_" if remat else "") + ("bf16_" if dtype == "bfloat16" else "")
+        out[f"train_step_peak_bytes_xla_{tag}batch{batch}"] = memory(comp)
+    return out
+
+
+def memory_table(configs: dict, a, params_sharding) -> None:
+    """--memory_only: the training step's memory, as configured, rematerialised, bfloat16, both."""
+    rec = {name: step_memory_variants(name, c, a.batch, params_sharding, plain=True) for name, c in configs.items()}
+    rows = []
+    for tag, label in (("", "as configured"), ("remat_", "every block rematerialised"),
+                       ("bf16_", "bfloat16 activations"), ("remat_bf16_", "rematerialised, bfloat16")):
+        k = f"train_step_peak_bytes_xla_{tag}batch{a.batch}"
+        cu, un = rec["cunet"][k], rec["unet"][k]
+        base_cu, base_un = rec["cunet"][f"train_step_peak_bytes_xla_batch{a.batch}"], rec["unet"][f"train_step_peak_bytes_xla_batch{a.batch}"]
+        rows.append([label, f"{cu / 2**20:.0f}", f"{cu / base_cu:.2f}", f"{un / 2**20:.0f}", f"{un / base_un:.2f}",
+                     f"{cu / un:.3f}"])
+    print(f"\ntraining step memory (XLA memory analysis, MiB), batch {a.batch}, {Path(a.config).name}, "
+          f"{jax.device_count()} devices, {machine()}")
+    print(markdown_table(["step", "cU-Net", "/ as configured", "DDPM U-Net", "/ as configured", "cU-Net / U-Net"], rows))
+    write_json(a.out, {"config": a.config, "batch": a.batch, "devices": jax.device_count(), "models": rec})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(REPO / "configs" / "celeba64.py"))
@@ -104,6 +140,8 @@ def main() -> None:
     ap.add_argument("--cpu_devices", type=int, default=len(os.sched_getaffinity(0)),
                     help="XLA CPU devices to split the batch over (no effect on accelerators)")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--memory_only", action="store_true",
+                    help="only the training step's memory with and without remat / bfloat16 (compiles, runs nothing)")
     ap.add_argument("--out", default="benchmarks/results/paper_table.json")
     a = ap.parse_args()
     jax.config.update("jax_num_cpu_devices", a.cpu_devices)
@@ -122,6 +160,9 @@ def main() -> None:
         c.model.name = name
         configs[name] = c
 
+    if a.memory_only:
+        memory_table(configs, a, params_sharding)
+        return
     models, params, rec = {}, {}, {}
     for name, c in configs.items():
         m = build_denoiser(c.model)
@@ -183,17 +224,8 @@ def main() -> None:
             steps[name] = (lambda f, s, b: lambda: f(s, b)[1]["loss"])(comp, state, xb)
         for name, s in alternated_medians(steps, a.repeats).items():
             rec[name][f"train_step_batch{a.batch}_s"] = s
-        # memory of the same step with every block rematerialised and/or bfloat16 activations (compiled only)
         for name, c in configs.items():
-            for remat, dtype in ((True, "float32"), (False, "bfloat16"), (True, "bfloat16")):
-                v = c.copy_and_resolve_references()
-                v.model[name].remat, v.training.compute_dtype = remat, dtype
-                m, tx = build_denoiser(v.model), make_optimizer(v.training)
-                sched = make_schedule(v.diffusion.beta_schedule, v.diffusion.num_timesteps)
-                state = jax.device_put(create_train_state(m, tx, v, jax.random.key(0)), params_sharding)
-                comp = jax.jit(make_train_step(m, tx, sched, v)).lower(state, inputs(v, a.batch)[0]).compile()
-                tag = ("remat_" if remat else "") + ("bf16_" if dtype == "bfloat16" else "")
-                rec[name][f"train_step_peak_bytes_xla_{tag}batch{a.batch}"] = memory(comp)
+            rec[name].update(step_memory_variants(name, c, a.batch, params_sharding))
         stats = jax.devices()[0].memory_stats() or {}
         if "peak_bytes_in_use" in stats:
             rec["device_peak_bytes_in_use_whole_run"] = int(stats["peak_bytes_in_use"])
