@@ -50,7 +50,8 @@ def _to_global(mesh: Mesh, local):
 
 
 class BatchIterator:
-    """Yields the global batches of steps start, start + 1, ... < num_steps as sharded arrays.
+    """Yields the global batches of steps start, start + 1, ... as sharded arrays, endlessly
+    (the loop decides where to stop).
 
     Use it as a context manager (or call `close`) so worker processes and threads end.
     `state()` is JSON-serialisable; `BatchIterator(..., state=saved)` continues after the
@@ -83,7 +84,7 @@ class BatchIterator:
                      "step %d, which reads the same batches", state.get("step"), state.get("layout"), start)
             state = None
         base = start if state is None else state["base"]
-        # Endless: the loop decides where to stop (num_steps may grow on resume).
+        # Endless, so that training.num_steps may grow on resume.
         ds = grain.MapDataset.range(base, base + 2**40).map(make)
         threads = max(1, min(self.prefetch, MAX_THREADS))
         ids = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(self.prefetch, 1)))

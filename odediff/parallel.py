@@ -32,7 +32,7 @@ def initialize_distributed(
 def one_step_at_a_time(mesh: Mesh) -> bool:
     """Whether a loop must wait for each step before dispatching the next: XLA:CPU's
     collectives between several CPU devices of one process deadlock when executions
-    queue up behind one another (seen within a few thousand steps of any data-parallel
+    queue up behind one another (seen within a few hundred steps of a data-parallel
     step, jax 0.10; a wait per step avoids it). Accelerators queue safely."""
     return mesh.devices.flat[0].platform == "cpu" and len(mesh.local_devices) > 1
 
