@@ -155,11 +155,8 @@ class Run:
         self._compile(source)
         t0, losses = time.perf_counter(), []
         for s in range(self.step, target):
-            batch = data_lib.get_batch(source, c.data, c.training.batch_size, c.seed, s)
-            self.state, m = self._step_fn(self.state, parallel.global_batch(batch, self.mesh))
+            self.state, m = self._step_fn(self.state, self._batch(source, s))
             losses.append(m["loss"])
-            if parallel.one_step_at_a_time(self.mesh):
-                m["loss"].block_until_ready()
         jax.block_until_ready(self.state)
         self.train_seconds += time.perf_counter() - t0
         self.losses += [float(v) for v in jax.device_get(losses)]
@@ -169,28 +166,28 @@ class Run:
         meta = {**checkpoint_meta(c, target), "train_seconds": self.train_seconds, "losses": self.losses}
         self.ckpt.save(target, self.state, meta, force=True)
 
+    def _batch(self, source, step: int):
+        c = self.config
+        return parallel.global_batch(data_lib.get_batch(source, c.data, c.training.batch_size, c.seed, step), self.mesh)
+
     def _compile(self, source) -> None:
         if self._step_fn is None:
-            c = self.config
-            fn = jax.jit(make_train_step(self.model, self.tx, self.schedule, c),
+            fn = jax.jit(make_train_step(self.model, self.tx, self.schedule, self.config),
                          out_shardings=(self.rep, self.rep), donate_argnums=0)
-            b0 = parallel.global_batch(data_lib.get_batch(source, c.data, c.training.batch_size, c.seed, 0), self.mesh)
-            self._step_fn = fn.lower(self.state, b0).compile()
+            self._step_fn = parallel.one_step_at_a_time(fn.lower(self.state, self._batch(source, 0)).compile(),
+                                                        self.mesh)
 
     def time_steps(self, source, steps: int) -> float:
         """Seconds per step of the compiled step on a copy of the state (the run is not
         advanced), one batch already on the devices."""
         self._compile(source)
-        c = self.config
-        batch = parallel.global_batch(data_lib.get_batch(source, c.data, c.training.batch_size, c.seed, 0), self.mesh)
+        batch = self._batch(source, 0)
         state = jax.tree.map(lambda x: x.copy(), self.state)
         state, _ = self._step_fn(state, batch)
         jax.block_until_ready(state)
         t0 = time.perf_counter()
         for _ in range(steps):
-            state, m = self._step_fn(state, batch)
-            if parallel.one_step_at_a_time(self.mesh):
-                m["loss"].block_until_ready()
+            state, _ = self._step_fn(state, batch)
         jax.block_until_ready(state)
         return (time.perf_counter() - t0) / steps
 

@@ -72,12 +72,12 @@ class BatchIterator:
     ):
         make = _MakeBatch(source, data_config, batch_size, seed, jax.process_index(), jax.process_count(),
                           with_labels)
-        self.prefetch, self.num_workers = int(data_config.prefetch), int(data_config.num_workers)
-        self._layout = {"num_workers": self.num_workers, "seed": seed, "batch_size": batch_size,
+        prefetch, num_workers = int(data_config.prefetch), int(data_config.num_workers)
+        self._layout = {"num_workers": num_workers, "seed": seed, "batch_size": batch_size,
                         "process_index": jax.process_index(), "process_count": jax.process_count()}
         self._make, self._mesh, self.step = make, mesh, start
         self._base, self._it = start, None
-        if self.prefetch == 0 and self.num_workers == 0:
+        if prefetch == 0 and num_workers == 0:
             return  # each batch made in the loop when asked for
         if state is not None and not self._fits(state, start):
             log.info("the data iterator saved at step %s was laid out otherwise (%s); it starts afresh at "
@@ -86,12 +86,12 @@ class BatchIterator:
         base = start if state is None else state["base"]
         # Endless, so that training.num_steps may grow on resume.
         ds = grain.MapDataset.range(base, base + 2**40).map(make)
-        threads = max(1, min(self.prefetch, MAX_THREADS))
-        ids = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(self.prefetch, 1)))
-        if self.num_workers:
+        threads = max(1, min(prefetch, MAX_THREADS))
+        ids = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(prefetch, 1)))
+        if num_workers:
             if not flags.FLAGS.is_parsed():  # grain's workers read absl flags (notebooks never parse them)
                 flags.FLAGS.mark_as_parsed()
-            ids = ids.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.num_workers))
+            ids = ids.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
         ids = ThreadPrefetchIterDataset(ids.map(functools.partial(_to_global, mesh)), prefetch_buffer_size=1)
         self._base, self._it = base, iter(ids)
         if state is not None:

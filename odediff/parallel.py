@@ -1,6 +1,7 @@
 """Data parallelism with jit + NamedSharding over all devices, multi-host through jax.distributed."""
 
 import os
+from typing import Callable
 
 import jax
 import numpy as np
@@ -29,12 +30,18 @@ def initialize_distributed(
         jax.distributed.initialize()
 
 
-def one_step_at_a_time(mesh: Mesh) -> bool:
-    """Whether a loop must wait for each step before dispatching the next: XLA:CPU's
+def one_step_at_a_time(step_fn: Callable, mesh: Mesh) -> Callable:
+    """`step_fn`, waiting for each call's results where calls must not queue: XLA:CPU's
     collectives between several CPU devices of one process deadlock when executions
     queue up behind one another (seen within a few hundred steps of a data-parallel
-    step, jax 0.10; a wait per step avoids it). Accelerators queue safely."""
-    return mesh.devices.flat[0].platform == "cpu" and len(mesh.local_devices) > 1
+    step, jax 0.10; a wait per step avoids it). Elsewhere `step_fn` itself."""
+    if not (mesh.devices.flat[0].platform == "cpu" and len(mesh.local_devices) > 1):
+        return step_fn
+
+    def waiting(*args):
+        return jax.block_until_ready(step_fn(*args))
+
+    return waiting
 
 
 def cpu_devices_for(batch_size: int, env: dict | None = None, cores: int | None = None) -> int | None:

@@ -261,11 +261,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
         start, state, meta = restored
         log.info("resuming from step %d in %s", start, ckpt.directory)
 
-    step_fn = jax.jit(
+    step_fn = parallel.one_step_at_a_time(jax.jit(
         make_train_step(model, tx, schedule, config),
         out_shardings=(replicated, replicated),
         donate_argnums=0,
-    )
+    ), mesh)
     sample_fn = make_sample_fn(model, schedule, config, config.sampling.num_samples)
     grid_labels = class_labels(config.model.num_classes, config.sampling.num_samples) if conditional else None
     writer = _Writer(workdir, is_main)
@@ -274,7 +274,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     from tqdm import tqdm
 
     bar = tqdm(total=tc.num_steps, initial=start, disable=not is_main, unit="step", dynamic_ncols=True)
-    one_at_a_time = parallel.one_step_at_a_time(mesh)
     batches = BatchIterator(source, config.data, tc.batch_size, config.seed, mesh, start=start,
                             with_labels=conditional, state=meta.get("data_iterator"))
     # Closing also on errors finishes the saves in flight, so no good step is lost.
@@ -282,8 +281,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
         step = start
         while step < tc.num_steps:
             state, metrics = step_fn(state, next(batches))
-            if one_at_a_time:
-                metrics["loss"].block_until_ready()
             pending.append(metrics)
             step += 1
             bar.update(1)
