@@ -17,6 +17,11 @@ CONFIGS = importlib.resources.files("odediff.configs")  # the repository's confi
 USAGE_ERRORS = (ConfigError, DataError, CheckpointError, FileExistsError)
 
 
+def program_name(default: str) -> str:
+    """The name this program was started by (train.py, odediff-train), for its messages."""
+    return Path(sys.argv[0]).name if sys.argv and sys.argv[0] not in ("", "-c") else default
+
+
 def _fail(prog: str, message: str, code: int = 2):
     print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
     sys.exit(code)
@@ -64,7 +69,7 @@ def packaged_configs() -> dict[str, Path]:
     return {p.name: Path(str(p)) for p in CONFIGS.iterdir() if p.name.endswith(".py") and p.name != "__init__.py"}
 
 
-def resolve_config_arg(argv: list[str]) -> list[str]:
+def resolve_config_arg(argv: list[str], prog: str = "train.py") -> list[str]:
     """argv with --config naming an existing file, or a shipped config by its name
     (configs/mnist.py, mnist.py or mnist, found in the package when not on disk here);
     anything else fails with one line listing the shipped configs."""
@@ -85,20 +90,20 @@ def resolve_config_arg(argv: list[str]) -> list[str]:
         name = Path(path).name if path.endswith(".py") else f"{Path(path).name}.py"
         if name not in shipped:
             names = ", ".join(f"configs/{n}" for n in sorted(shipped))
-            _fail("train.py", f"config file {value} does not exist: pass a path to one, or one of {names}")
+            _fail(prog, f"config file {value} does not exist: pass a path to one, or one of {names}")
         where(str(shipped[name]) + (f":{rest}" if rest else ""))
     return out
 
 
-def define_train_flags() -> None:
-    sys.argv[:] = resolve_config_arg(sys.argv)
+def define_train_flags(prog: str = "train.py") -> None:
+    sys.argv[:] = resolve_config_arg(sys.argv, prog)
     try:  # without --config, ml_collections applies the --config.* overrides right here
         config_flags.DEFINE_config_file(
             "config", str(packaged_configs()["digits.py"]),
             "A configs/<name>.py file; override fields with --config.a.b=value.", lock_config=True,
         )
     except Exception as e:
-        _fail("train.py", _flag_failure("train.py", e, sys.argv))
+        _fail(prog, _flag_failure(prog, e, sys.argv))
     flags.DEFINE_string("workdir", None, "Run directory (default runs/<config name>).")
     flags.DEFINE_bool("allow_config_change", False,
                       "Continue a run in --workdir even though its config differs from this one.")
@@ -107,7 +112,7 @@ def define_train_flags() -> None:
     flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
 
 
-def train_main() -> None:
+def train_main(prog: str = "train.py") -> None:
     from odediff import parallel
 
     f = flags.FLAGS
@@ -121,7 +126,7 @@ def train_main() -> None:
     try:
         train_and_evaluate(f.config, workdir, allow_config_change=f.allow_config_change)
     except NonFiniteError as e:
-        _fail("train.py", str(e), code=1)
+        _fail(prog, str(e), code=1)
 
 
 # ---------------------------------------------------------------------------- sample.py
@@ -179,7 +184,7 @@ def parse_labels(spec: str | None, num_classes: int, num: int) -> tuple[np.ndarr
     return np.repeat(np.asarray(classes, np.int32), num), (num if len(classes) > 1 else 0)
 
 
-def define_sample_flags() -> None:
+def define_sample_flags(prog: str = "sample.py") -> None:
     flags.DEFINE_string("workdir", None, "Run directory holding checkpoints/.", required=True)
     flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
     flags.DEFINE_integer("num", 64, "Number of samples (per class with --labels).")
@@ -189,7 +194,7 @@ def define_sample_flags() -> None:
     flags.DEFINE_string("out", None, "Output prefix: writes <out>.png, <out>.npz and <out>.json (the options) "
                         "(default <workdir>/samples/sample_<step>_<sampler><steps>[_cfg<w>][_class<labels>]"
                         "_seed<seed>).")
-    define_sampling_flags("sample.py")
+    define_sampling_flags(prog)
 
 
 def sample_main() -> None:
@@ -218,13 +223,15 @@ def sample_main() -> None:
 
 def train_entry() -> None:
     """The `odediff-train` command (train.py)."""
-    define_train_flags()
-    parse_flags("train.py", sys.argv)
-    run_main("train.py", train_main)
+    prog = program_name("train.py")
+    define_train_flags(prog)
+    parse_flags(prog, sys.argv)
+    run_main(prog, lambda: train_main(prog))
 
 
 def sample_entry() -> None:
     """The `odediff-sample` command (sample.py)."""
-    define_sample_flags()
-    parse_flags("sample.py", sys.argv)
-    run_main("sample.py", sample_main)
+    prog = program_name("sample.py")
+    define_sample_flags(prog)
+    parse_flags(prog, sys.argv)
+    run_main(prog, sample_main)

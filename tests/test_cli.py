@@ -2,6 +2,9 @@
 
 import json
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -94,6 +97,16 @@ def test_config_names_resolve_to_the_shipped_configs_from_any_directory(tmp_path
         cli.resolve_config_arg(["train.py", "--config=nope"])
     assert e.value.code == 2
     assert "config file nope does not exist: pass a path to one, or one of configs/celeba64.py" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["odediff-train", "odediff-sample"])
+def test_the_installed_commands_name_themselves_in_their_errors(command, tmp_path):
+    exe = Path(sys.executable).with_name(command)
+    if not exe.exists():
+        pytest.skip(f"{command} is not installed next to {sys.executable} (pip install -e .)")
+    arg = "--config=nope" if command == "odediff-train" else f"--workdir={tmp_path / 'none'}"
+    proc = subprocess.run([str(exe), arg], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith(f"{command}: error: "), proc.stderr
 
 
 def test_conditional_run_samples_by_class_with_every_sampler_option_from_the_command_line(tmp_path):
