@@ -21,10 +21,16 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session", autouse=True)
 def _compilation_cache(tmp_path_factory):
-    """One persistent compilation cache for the train.py / sample.py subprocesses, which
-    compile the same programs again and again (this process's JAX is already configured)."""
+    """One persistent compilation cache for this process, the train.py / sample.py
+    subprocesses and the other pytest-xdist workers, which compile the same programs
+    again and again."""
+    root = tmp_path_factory.getbasetemp()
+    cache = (root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / "jax_cache"
+    cache.mkdir(exist_ok=True)
+    settings = {"jax_compilation_cache_dir": str(cache), "jax_persistent_cache_min_compile_time_secs": 0,
+                "jax_persistent_cache_min_entry_size_bytes": 0}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("jax_cache")))
-        mp.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-        mp.setenv("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+        for name, value in settings.items():
+            mp.setenv(name.upper(), str(value))
+            jax.config.update(name, value)
         yield

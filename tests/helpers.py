@@ -39,9 +39,3 @@ def run(script: str, *args: str, devices: int = 1, timeout: int = 300) -> subpro
     """Runs train.py / sample.py as a user would, on `devices` fake CPU devices."""
     return subprocess.run([sys.executable, str(REPO / script), *args], cwd=REPO, env=_env(devices),
                           capture_output=True, text=True, timeout=timeout)
-
-
-def spawn(script: str, *args: str, devices: int = 1) -> subprocess.Popen:
-    """Starts train.py / sample.py in the background (for several processes, or to signal it)."""
-    return subprocess.Popen([sys.executable, str(REPO / script), *args], cwd=REPO, env=_env(devices),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -81,8 +81,9 @@ def reference(tmp_path_factory) -> Path:
 class _Train:
     """train.py started in the background, its output going to files."""
 
-    def __init__(self, workdir: Path, log: Path, *extra: str):
-        env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+    def __init__(self, workdir: Path, log: Path, *extra: str, devices: int = 1):
+        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+               "JAX_PLATFORMS": "cpu"}
         self.out, self.err = open(log.with_suffix(".out"), "w+"), open(log.with_suffix(".err"), "w+")
         self.workdir = workdir
         self.proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), f"--workdir={workdir}", *ARGS, *extra],
@@ -144,9 +145,9 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_with_one_checkpo
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
 
-    def both(name: str) -> list[_Train]:
+    def both(name: str) -> list[_Train]:  # two processes of two devices each
         return [_Train(tmp_path / "run", tmp_path / f"{name}{i}", f"--coordinator_address=127.0.0.1:{port}",
-                       "--num_processes=2", f"--process_id={i}") for i in range(2)]
+                       "--num_processes=2", f"--process_id={i}", devices=2) for i in range(2)]
 
     procs = both("preempted")
     procs[0].wait_for_checkpoint_after(2)
@@ -162,7 +163,7 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_with_one_checkpo
     assert _steps_on_disk(tmp_path / "run")[-1] == steps[0]
     _state(tmp_path / "run", steps[0])  # intact
 
-    # the same two processes resume and finish like the uninterrupted run (one device there, two here)
+    # the same two processes resume and finish like the uninterrupted run (one device there, four here)
     for p in both("resumed"):
         rc, _, err = p.finish()
         assert rc == 0, err[-3000:]
