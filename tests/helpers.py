@@ -39,3 +39,16 @@ def run(script: str, *args: str, devices: int = 1, timeout: int = 300) -> subpro
     """Runs train.py / sample.py as a user would, on `devices` fake CPU devices."""
     return subprocess.run([sys.executable, str(REPO / script), *args], cwd=REPO, env=_env(devices),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def perturbed(params, key, scale: float = 0.3):
+    """`params` plus Gaussian noise of std `scale`: off the zero-initialised output layers,
+    which would hide any dependence. One compiled program with one random draw."""
+    import jax
+    from jax.flatten_util import ravel_pytree
+
+    def add_noise(params, key):
+        flat, unravel = ravel_pytree(params)
+        return unravel(flat + scale * jax.random.normal(key, flat.shape, flat.dtype))
+
+    return jax.jit(add_noise)(params, key)

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import perturbed
 from odediff.config import default_config, load_config_file
 from odediff.models import build_denoiser
 from odediff.models.layers import GroupNorm, softplus
@@ -60,20 +61,13 @@ def _init(model, c):
     return jax.jit(lambda k: init_params(model, c, k))(jax.random.key(0))
 
 
-def _perturbed(params, key, scale=0.3):
-    """Non-trivial params: the zero-initialised output layers would hide any dependence."""
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(key, len(leaves))
-    return jax.tree.unflatten(tree, [p + scale * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)])
-
-
 @pytest.mark.parametrize("name", ["cunet", "unet"])
 def test_both_denoisers_share_one_interface_and_depend_on_t(name):
     c = _tiny(name)
     if name == "cunet":
         c.model.cunet.attn_resolutions = (4,)
     model = build_denoiser(c.model)
-    params = _perturbed(_init(model, c), jax.random.key(1))
+    params = perturbed(_init(model, c), jax.random.key(1))
     x = jax.random.normal(jax.random.key(2), (2, 8, 8, 1))
     apply = jax.jit(lambda p, x, t: model.apply({"params": p}, x, t))
     out_a = apply(params, x, jnp.array([3, 3], jnp.int32))
@@ -97,7 +91,7 @@ def test_cunet_output_differs_when_a_single_block_sees_another_t():
     """Each block's FiLM really reaches the solve: zeroing one block's time projection changes the output."""
     c = _tiny("cunet")
     model = build_denoiser(c.model)
-    params = _perturbed(_init(model, c), jax.random.key(1))
+    params = perturbed(_init(model, c), jax.random.key(1))
     x = jax.random.normal(jax.random.key(2), (2, 8, 8, 1))
     t = jnp.array([10, 500], jnp.int32)
     apply = jax.jit(lambda p: model.apply({"params": p}, x, t))
@@ -111,7 +105,7 @@ def test_cunet_output_differs_when_a_single_block_sees_another_t():
 def test_cunet_instance_norm_normalises_per_channel_where_group_norm_pools_channels():
     group, instance = (build_denoiser(_tiny("cunet", norm=n).model) for n in ("group", "instance"))
     c = _tiny("cunet")
-    params = _perturbed(_init(group, c), jax.random.key(1))
+    params = perturbed(_init(group, c), jax.random.key(1))
     # the same parameters fit both (per-channel scale and shift), and the norm changes the function
     assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, _init(instance, c))
     x = jax.random.normal(jax.random.key(2), (2, 8, 8, 1))
@@ -131,7 +125,7 @@ def test_unet_dropout_uses_the_rng_only_in_training():
     c = _tiny("unet")
     c.model.unet.dropout = 0.5
     model = build_denoiser(c.model)
-    params = _perturbed(_init(model, c), jax.random.key(1))
+    params = perturbed(_init(model, c), jax.random.key(1))
     x = jax.random.normal(jax.random.key(2), (2, 8, 8, 1))
     t = jnp.array([1, 2], jnp.int32)
     apply = jax.jit(lambda k, train: model.apply({"params": params}, x, t, train=train, rngs={"dropout": k}),
@@ -182,7 +176,7 @@ def test_class_conditional_denoisers_depend_on_the_label_and_treat_none_as_the_n
     base = _init(build_denoiser(c.model), c)
     c.model.num_classes = 3
     model = build_denoiser(c.model)
-    params = _perturbed(_init(model, c), jax.random.key(1))
+    params = perturbed(_init(model, c), jax.random.key(1))
     dim = c.model.cunet.time_embed_dim if name == "cunet" else 4 * c.model.unet.ch
     count = lambda p: sum(x.size for x in jax.tree.leaves(p))
     assert count(params) - count(base) == (3 + 1) * dim  # one vector per class and the null class
@@ -198,7 +192,7 @@ def test_class_conditional_denoisers_depend_on_the_label_and_treat_none_as_the_n
 def test_rematerialised_blocks_keep_names_and_gradients(name):
     c = _tiny(name)
     model = build_denoiser(c.model)
-    params = _perturbed(_init(model, c), jax.random.key(1), scale=0.1)
+    params = perturbed(_init(model, c), jax.random.key(1), scale=0.1)
     c.model[name].remat = True
     remat = build_denoiser(c.model)
     assert jax.tree.structure(_init(remat, c)) == jax.tree.structure(params)  # checkpoints load either way
@@ -217,7 +211,7 @@ def test_bfloat16_params_and_input_keep_every_activation_in_bfloat16(name):
     c = _tiny(name)
     c.model.num_classes = 3
     model = build_denoiser(c.model)
-    params = jax.tree.map(lambda a: a.astype(jnp.bfloat16), _perturbed(_init(model, c), jax.random.key(1)))
+    params = jax.tree.map(lambda a: a.astype(jnp.bfloat16), perturbed(_init(model, c), jax.random.key(1)))
     x = jax.random.normal(jax.random.key(2), (2, 8, 8, 1), jnp.bfloat16)
     # float32 anywhere on the way would promote everything after it, the output included
     assert model.apply({"params": params}, x, jnp.array([5, 40]), jnp.array([0, 2])).dtype == jnp.bfloat16
