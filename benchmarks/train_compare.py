@@ -22,10 +22,11 @@ held-out by data.holdout_fraction (0.1: 9,000 / 1,000). Models: the DDPM U-Net
    trained on the train split, precision/recall, KID on standardised features, the
    share of samples the classifier labels with p >= 0.9 and the entropy of their
    class histogram. The step loop's wall-clock seconds are kept with every score, but
-   other load on the machine inflates them unevenly across runs; FD against time and
-   the seconds to reach the U-Net's FD therefore use steps x each model's step time,
-   measured with the models alternating in one process (once per experiment, or again
-   with --retime).
+   other load on the machine inflates them unevenly across runs; FD against time, the
+   seconds a cU-Net needs to reach the U-Net's FD and the U-Net's FD after as many
+   seconds as a cU-Net trained (interpolated between its scorings) therefore use steps x
+   each model's step time, measured with the models alternating in one process (once
+   per experiment, or again with --retime).
 3. The real-data floor: the same metrics for as many train images as samples,
    against the same held-out images, over three draws.
 
@@ -370,6 +371,16 @@ def final_scores(record: dict) -> tuple[int, dict]:
     return step, per_model
 
 
+def fd_at_seconds(evals: list[dict], step_seconds: float, seconds: float) -> float | None:
+    """A run's FD after `seconds` of training (steps x step time), interpolated in log FD
+    between its scorings; None outside the scored range (no extrapolation)."""
+    evals = sorted(evals, key=lambda e: e["step"])
+    x = np.array([e["step"] * step_seconds for e in evals])
+    if not len(x) or not x[0] <= seconds <= x[-1]:
+        return None
+    return float(np.exp(np.interp(seconds, x, np.log([e["fd"] for e in evals]))))
+
+
 def report(record: dict, out: Path) -> None:
     """The summary table (printed and stored in the JSON) and the plot."""
     if not record.get("main_runs"):
@@ -404,22 +415,31 @@ def report(record: dict, out: Path) -> None:
                 hit = next((e for e in sorted(r["evals"], key=lambda e: e["step"]) if e["fd"] <= u["fd_mean"]), None)
                 reach.append(None if hit is None else (hit["step"], hit["step"] * step_seconds.get(m, np.nan)))
         s["reach_unet_final_fd"] = reach
+        # the other way round: where the U-Net's runs stood after this model's training seconds
+        seconds = step * step_seconds.get(m, np.nan)
+        at = [fd_at_seconds(record["runs"][n]["evals"], step_seconds.get("unet", np.nan), seconds)
+              for n in record["main_runs"] if record["runs"][n]["model"] == "unet"]
+        s["train_seconds_steps"] = seconds
+        s["unet_fd_at_equal_seconds"] = at
+        s["unet_fd_at_equal_seconds_mean"] = float(np.mean(at)) if at and None not in at else None
     record["summary"] = summary
     write_json(out / "train_compare.json", {k: v for k, v in record.items() if k != "machine"})
 
     rows = [["real data (train vs held-out)", "", "", f"{summary['floor_fd_mean']:.2f} ± {summary['floor_fd_std']:.2f}",
              "1.0", f"{np.mean(floor['precision']):.3f} / {np.mean(floor['recall']):.3f}",
-             f"{np.mean(floor['confident_fraction']):.3f} / {np.mean(floor['confident_entropy']):.2f}", "", ""]]
+             f"{np.mean(floor['confident_fraction']):.3f} / {np.mean(floor['confident_entropy']):.2f}", "", "", ""]]
     for m, s in summary["models"].items():
         rows.append([m, f"{s['params']:,}", f"{s['lr']:g}", f"{s['fd_mean']:.2f} ± {s['fd_std']:.2f}",
                      f"{s['fd_over_floor']:.1f}", f"{s['precision_mean']:.3f} / {s['recall_mean']:.3f}",
                      f"{s['confident_fraction_mean']:.3f} / {s['confident_entropy_mean']:.2f}",
                      f"{s['step_seconds'] * 1e3:.0f}" if s["step_seconds"] else "",
-                     f"{s['train_seconds_mean']:.0f}"])
+                     f"{s['train_seconds_mean']:.0f}",
+                     f"{s['unet_fd_at_equal_seconds_mean']:.2f}" if s.get("unet_fd_at_equal_seconds_mean") else ""])
     print(f"\nstep {step}, {len(next(iter(per_model.values()), []))} seeds, FD of "
           f"{floor['num']} samples vs held-out (mean ± std over seeds)")
     print(markdown_table(["model", "params", "lr", "FD", "FD / floor", "precision / recall",
-                          "p>=0.9 share / entropy (bits)", "step ms (side by side)", "training s (wall)"], rows),
+                          "p>=0.9 share / entropy (bits)", "step ms (side by side)", "training s (wall)",
+                          "U-Net FD at this model's steps x step time"], rows),
           flush=True)
 
     import matplotlib

@@ -2,6 +2,8 @@
 
 import json
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 
@@ -38,12 +40,27 @@ def test_a_ratio_only_where_the_seeds_do_not_overlap(tmp_path):
     assert json.loads((tmp_path / "train_compare.json").read_text())["summary"]["step"] == 1000
     assert (tmp_path / "train_compare.png").stat().st_size > 0
 
+    # at step 1000 the cU-Net has trained 2000 s: where the U-Net's seeds stood then (step 500)
+    np.testing.assert_allclose(c["unet_fd_at_equal_seconds"], [20.0, 24.0])
+    assert np.isclose(c["unet_fd_at_equal_seconds_mean"], 22.0)
+
     overlapping = _record([10.0, 12.0], [9.0, 11.0])
     tc.report(overlapping, tmp_path)
     assert overlapping["summary"]["models"]["cunet_rk4"]["fd_ratio_to_unet"] is None
     one_seed = _record([10.0], [5.0])
     tc.report(one_seed, tmp_path)
     assert one_seed["summary"]["models"]["cunet_rk4"]["fd_ratio_to_unet"] is None  # no spread to judge by
+
+
+def test_fd_at_equal_seconds_interpolates_in_log_fd_and_never_extrapolates():
+    evals = [{"step": 500, "fd": 20.0}, {"step": 1000, "fd": 10.0}]
+    assert np.isclose(tc.fd_at_seconds(evals, 4.0, 3000.0), np.sqrt(200.0))
+    assert np.isclose(tc.fd_at_seconds(evals, 4.0, 4000.0), 10.0)
+    assert tc.fd_at_seconds(evals, 4.0, 1999.0) is None and tc.fd_at_seconds(evals, 4.0, 4001.0) is None
+    record = _record([10.0, 12.0], [5.0, 6.0])
+    record["step_seconds"]["cunet_rk4"]["median"] = 1.0  # 1000 s: before the U-Net's first scoring
+    tc.report(record, Path(tempfile.mkdtemp()))
+    assert record["summary"]["models"]["cunet_rk4"]["unet_fd_at_equal_seconds_mean"] is None
 
 
 def test_final_scores_use_the_last_step_every_run_reached():
