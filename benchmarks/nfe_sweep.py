@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine, markdown_table  # noqa: E402
 
-from odediff import data  # noqa: E402
+from odediff import data, parallel  # noqa: E402
 from odediff.evaluation import _all_images, default_cache_dir, evaluate_samples, feature_space  # noqa: E402
 from odediff.generation import generate, restore_run, with_sampling  # noqa: E402
 
@@ -60,6 +60,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/nfe_sweep")
     ap.add_argument("--append", action="store_true", help="keep the rows in <out>/nfe_sweep.json, run only the points they lack")
     a = ap.parse_args()
+    parallel.use_cpu_cores(a.batch)
     out = Path(a.out)
     kept = []
     if a.append and (out / "nfe_sweep.json").exists():
