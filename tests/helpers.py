@@ -5,6 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
+from jax.flatten_util import ravel_pytree
+
 REPO = Path(__file__).resolve().parents[1]
 
 TINY = [
@@ -43,12 +46,11 @@ def run(script: str, *args: str, devices: int = 1, timeout: int = 300) -> subpro
 
 def perturbed(params, key, scale: float = 0.3):
     """`params` plus Gaussian noise of std `scale`: off the zero-initialised output layers,
-    which would hide any dependence. One compiled program with one random draw."""
-    import jax
-    from jax.flatten_util import ravel_pytree
+    which would hide any dependence. One compiled program per params structure, one draw."""
+    return _add_noise(params, key, scale)
 
-    def add_noise(params, key):
-        flat, unravel = ravel_pytree(params)
-        return unravel(flat + scale * jax.random.normal(key, flat.shape, flat.dtype))
 
-    return jax.jit(add_noise)(params, key)
+@jax.jit
+def _add_noise(params, key, scale):
+    flat, unravel = ravel_pytree(params)
+    return unravel(flat + scale * jax.random.normal(key, flat.shape, flat.dtype))
