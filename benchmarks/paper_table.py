@@ -259,6 +259,10 @@ def main() -> None:
     print(f"cU-Net nf {c_cu.nf} x {tuple(c_cu.ch_mult)}, {c_cu.solver} x{c_cu.ode_steps}; "
           f"U-Net ch {c_un.ch} x {tuple(c_un.ch_mult)}, {c_un.num_res_blocks} res blocks")
     print(markdown_table(["", "cU-Net", "DDPM U-Net", "cU-Net / U-Net"], table))
+    summary = {"config": str(a.config), "image_size": base.data.image_size, "batch": a.batch, "repeats": a.repeats,
+               "quick": a.quick, "devices": jax.device_count(), "models": rec, "ratios": ratios,
+               "flop_convention": "XLA cost_analysis flops (2 per multiply-add)"}
+    write_json(a.out, {**summary, "solvers": None})  # kept if the solver rows below are cut short
 
     # solver settings
     solver_rows, solver_rec = [], []
@@ -288,9 +292,7 @@ def main() -> None:
     print(markdown_table(["solver", "field evals / block", "GFLOP / evaluation", "vs rk4 x1", "FLOPs / U-Net",
                           f"forward batch {a.batch} (ms)"], solver_rows))
     print("Reference (notes, PyTorch counter, 2 x MAC): DDPM U-Net 48.4 GFLOP, authors' cU-Net 5.65 GFLOP (ratio 0.12)")
-    write_json(a.out, {"config": str(a.config), "image_size": base.data.image_size, "batch": a.batch,
-                       "repeats": a.repeats, "quick": a.quick, "devices": jax.device_count(), "models": rec, "ratios": ratios,
-                       "solvers": solver_rec, "flop_convention": "XLA cost_analysis flops (2 per multiply-add)"})
+    write_json(a.out, {**summary, "solvers": solver_rec})
     print(f"-> {a.out}")
 
 

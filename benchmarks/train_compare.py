@@ -320,6 +320,8 @@ def main() -> None:
               flush=True)
         save()
     for target in range(a.eval_every, a.steps + 1, a.eval_every):
+        if a.time_budget and all(r.train_seconds >= a.time_budget and r.step < target for r in runs):
+            break
         for r in runs:
             if a.time_budget and r.train_seconds >= a.time_budget and r.step < target:
                 continue
