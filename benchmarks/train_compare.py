@@ -383,8 +383,29 @@ def fd_at_seconds(evals: list[dict], step_seconds: float, seconds: float) -> flo
     return float(np.exp(np.interp(seconds, x, np.log([e["fd"] for e in evals]))))
 
 
+def fd_by_step(record: dict) -> str:
+    """Markdown: every main run's FD at each scored step, then each cU-Net's mean FD over
+    the U-Net's mean at the steps where all of them were scored."""
+    runs = sorted((record["runs"][n] for n in record["main_runs"]), key=lambda r: (list(MODELS).index(r["model"]), r["seed"]))
+    steps = sorted({e["step"] for r in runs for e in r["evals"]})
+    rows = [[r["model"], f"{r['lr']:g}", r["seed"]] + [next((f"{e['fd']:.1f}" for e in r["evals"] if e["step"] == t), "")
+                                                       for t in steps] for r in runs]
+    mean = {}
+    for t in steps:
+        for m in {r["model"] for r in runs}:
+            fd = [e["fd"] for r in runs if r["model"] == m for e in r["evals"] if e["step"] == t]
+            if len(fd) == sum(r["model"] == m for r in runs):
+                mean[m, t] = float(np.mean(fd))
+    for m in dict.fromkeys(r["model"] for r in runs):
+        if m != "unet":
+            rows.append([f"{m} / unet (mean FD)", "", ""] + [f"{mean[m, t] / mean['unet', t]:.2f}" if (m, t) in mean and
+                                                              ("unet", t) in mean else "" for t in steps])
+    return markdown_table(["run", "lr", "seed"] + [f"step {t:,}" for t in steps], rows)
+
+
 def report(record: dict, out: Path) -> None:
-    """The summary table (printed and stored in the JSON) and the plot."""
+    """The summary table (printed, stored in the JSON and, with every run's FD per step, in
+    <out>/train_compare.md) and the plot."""
     if not record.get("main_runs"):
         return
     step, per_model = final_scores(record)
@@ -437,12 +458,13 @@ def report(record: dict, out: Path) -> None:
                      f"{s['step_seconds'] * 1e3:.0f}" if s["step_seconds"] else "",
                      f"{s['train_seconds_mean']:.0f}",
                      f"{s['unet_fd_at_equal_seconds_mean']:.2f}" if s.get("unet_fd_at_equal_seconds_mean") else ""])
-    print(f"\nstep {step}, {len(next(iter(per_model.values()), []))} seeds, FD of "
-          f"{floor['num']} samples vs held-out (mean ± std over seeds)")
-    print(markdown_table(["model", "params", "lr", "FD", "FD / floor", "precision / recall",
-                          "p>=0.9 share / entropy (bits)", "step ms (side by side)", "training s (wall)",
-                          "U-Net FD at this model's steps x step time"], rows),
-          flush=True)
+    title = (f"step {step}, {len(next(iter(per_model.values()), []))} seeds, FD of "
+             f"{floor['num']} samples vs held-out (mean ± std over seeds)")
+    table = markdown_table(["model", "params", "lr", "FD", "FD / floor", "precision / recall",
+                            "p>=0.9 share / entropy (bits)", "step ms (side by side)", "training s (wall)",
+                            "U-Net FD at this model's steps x step time"], rows)
+    print(f"\n{title}\n{table}", flush=True)
+    (out / "train_compare.md").write_text(f"{title}\n\n{table}\n\n{fd_by_step(record)}\n")
 
     import matplotlib
 

@@ -39,6 +39,9 @@ def test_a_ratio_only_where_the_seeds_do_not_overlap(tmp_path):
     assert c["reach_unet_final_fd"] == [(500, 1000.0), (1000, 2000.0)]
     assert json.loads((tmp_path / "train_compare.json").read_text())["summary"]["step"] == 1000
     assert (tmp_path / "train_compare.png").stat().st_size > 0
+    md = (tmp_path / "train_compare.md").read_text()
+    assert "| unet | 0.001 | 1 | 24.0 | 12.0 |" in md  # every run's FD per step
+    assert "| cunet_rk4 / unet (mean FD) |  |  | 0.50 | 0.50 |" in md  # 11 / 22, then 5.5 / 11
 
     # at step 1000 the cU-Net has trained 2000 s: where the U-Net's seeds stood then (step 500)
     np.testing.assert_allclose(c["unet_fd_at_equal_seconds"], [20.0, 24.0])
