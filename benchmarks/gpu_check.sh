@@ -50,7 +50,7 @@ left=$(( 570 - ($(date +%s) - start) ))
 
 if [ "$PART" = compare ]; then
   # JSON, plot and samples are kept current after every turn, so what the time limit leaves is a result
-  timeout "$left" "$PY" benchmarks/train_compare.py --preset gpu --data "$MNIST_DIR" --lrs 1e-3,2e-3 \
+  timeout "$left" "$PY" benchmarks/train_compare.py --preset gpu --data "$MNIST_DIR" --lrs 2e-3,4e-3 \
     --sweep_steps 200 --seeds 0,1 --steps 100000 --eval_every 500 --time_budget 20 \
     --runs_dir "${TMPDIR:-/tmp}/odediff_runs" --out "$OUTDIR" --cache_dir "${TMPDIR:-/tmp}/odediff_cache" \
     2>&1 | grep -v -E "^(WARNING|W[0-9]{4} )" | tee -a "$OUTDIR/log.txt"
