@@ -13,7 +13,11 @@ held-out by data.holdout_fraction (0.1: 9,000 / 1,000). Models: the DDPM U-Net
    steps on the same batches); each keeps the rate with the lowest mean training
    loss over the sweep's last quarter. The seed-0 run at that rate continues as the
    model's first seed. A wider --lrs extends a finished sweep (only the new rates
-   run); a model whose choice moves starts its main runs at the new rate.
+   run); a model whose choice moves starts its main runs at the new rate. The rate
+   stays constant, or with --decay_steps D falls linearly to zero over the last D
+   steps before --steps (warmup-stable-decay, training.lr_schedule=wsd). A run at a
+   constant rate is the same run as one with a decay until the decay starts, so a
+   decay may be added to an experiment whose runs have not passed its start.
 2. Training: every model and seed advances in turns of --eval_every steps, so an
    interrupted experiment leaves all models at a like stage. After each turn a run
    is checkpointed (orbax, a run directory that sample.py, evaluate.py, nfe_sweep.py
@@ -79,7 +83,11 @@ PRESETS = {
 }
 # Settings that define the experiment: a results JSON only continues with the same ones.
 PROTOCOL = ("preset", "image_size", "batch", "lrs", "sweep_steps", "eval_every", "num_eval_samples", "eval_steps",
-            "ema", "cunet_nf", "cunet_ch_mult", "cunet_attn", "unet_ch", "unet_ch_mult", "unet_attn", "time_budget")
+            "ema", "cunet_nf", "cunet_ch_mult", "cunet_attn", "unet_ch", "unet_ch_mult", "unet_attn", "time_budget",
+            "decay_steps", "decay_start")
+# Set once the rate decays: a constant-rate run is a wsd run until the decay starts, so the
+# decay may be added (once) while no run has passed its start. Their values before they existed:
+DECAY_KEYS = {"decay_steps": 0, "decay_start": None}
 SAMPLE_SEED = 1234
 
 
@@ -90,6 +98,28 @@ def ints(text: str) -> tuple[int, ...]:
 def extends_grid(old: str, new: str) -> bool:
     """Whether the learning-rate grid `new` holds every rate of `old` (a sweep may grow)."""
     return {float(v) for v in old.split(",")} <= {float(v) for v in new.split(",")}
+
+
+def protocol_change(record: dict, protocol: dict) -> str:
+    """What continuing `record` with `protocol` changes ("" for nothing): a wider learning-rate
+    grid, or a decay added before any main run has passed its start. ValueError otherwise."""
+    old = {**DECAY_KEYS, **record["protocol"]}
+    diff = [k for k in PROTOCOL if old.get(k) != protocol[k]]
+    if not diff:
+        return ""
+    if diff == ["lrs"] and extends_grid(old["lrs"], protocol["lrs"]):
+        return f"extending the learning-rate sweep from {old['lrs']} to {protocol['lrs']}"
+    if set(diff) == set(DECAY_KEYS) and old["decay_steps"] == 0 and protocol["decay_start"] is not None:
+        start = protocol["decay_start"]
+        passed = [n for n in record.get("main_runs", [])
+                  if max((e["step"] for e in record["runs"][n]["evals"]), default=0) > start]
+        if not passed:
+            return f"adding a linear decay of the rate over steps {start:,}-{start + protocol['decay_steps']:,}"
+        raise ValueError(f"holds runs trained at a constant rate past step {start:,} ({', '.join(passed)}), where "
+                         f"the decay would start: pass a larger --steps, or another --out")
+    raise ValueError(f"holds an experiment with other settings ({', '.join(diff)}): pass the same ones to "
+                     f"continue it (a wider --lrs may extend the sweep, a decay may be added before it starts), "
+                     f"or another --out")
 
 
 def make_config(a, model: str, lr: float, seed: int):
@@ -105,7 +135,8 @@ def make_config(a, model: str, lr: float, seed: int):
     c.model.unet.ch, c.model.unet.ch_mult, c.model.unet.attn_resolutions = a.unet_ch, ints(a.unet_ch_mult), ints(a.unet_attn)
     c.training.batch_size = a.batch
     c.training.learning_rate = lr
-    c.training.lr_schedule = "constant"
+    c.training.lr_schedule = "wsd" if a.decay_steps else "constant"
+    c.training.decay_steps = a.decay_steps
     c.training.warmup_steps = 100
     c.training.ema_decay = a.ema
     c.training.num_steps = a.steps
@@ -130,13 +161,19 @@ class Run:
         self.dir.mkdir(parents=True, exist_ok=True)
         saved = self.dir / "config.json"
         diffs = config_differences(json.loads(saved.read_text()), self.config) if saved.exists() else []
-        if diffs:
+        # a constant-rate run is the same run with a decay added, up to the decay's start
+        decay_added = set(diffs) == {"training.decay_steps", "training.lr_schedule"} and a.decay_start is not None
+        if diffs and not decay_added:
             print(f"train_compare.py: {self.dir} holds a run with another config ({', '.join(diffs)}): "
                   f"pass another --runs_dir", file=sys.stderr)
             sys.exit(2)
-        saved.write_text(config_to_json(self.config))
         self.ckpt = Checkpointer(self.dir, keep=2)
         restored = self.ckpt.restore_latest(abstract_train_state(self.model, self.tx, self.config, self.rep))
+        if decay_added and restored is not None and restored[0] > a.decay_start:
+            print(f"train_compare.py: {self.dir} trained at a constant rate to step {restored[0]:,}, past the decay's "
+                  f"start ({a.decay_start:,}): pass a larger --steps or another --runs_dir", file=sys.stderr)
+            sys.exit(2)
+        saved.write_text(config_to_json(self.config))
         if restored is None:
             init = jax.jit(lambda k: create_train_state(self.model, self.tx, self.config, k), out_shardings=self.rep)
             self.state, self.step, meta = init(jax.random.split(jax.random.key(seed))[0]), 0, {}
@@ -226,6 +263,9 @@ def main() -> None:
     for k, v in PRESETS["cpu"].items():
         ap.add_argument(f"--{k}", type=type(v), default=None, help=f"preset cpu: {v}")
     ap.add_argument("--steps", type=int, default=6000, help="train every run to this step (more continues)")
+    ap.add_argument("--decay_steps", type=int, default=0,
+                    help="the rate falls linearly to zero over the last this many steps before --steps (warmup-"
+                         "stable-decay, the same for every model); --steps is then fixed")
     ap.add_argument("--time_budget", type=float, default=0.0,
                     help="also stop a run once its training seconds reach this (equal wall clock); 0: no limit")
     ap.add_argument("--lrs", default="5e-4,1e-3,2e-3,4e-3,8e-3", help="the learning-rate sweep grid, the same for every model")
@@ -257,16 +297,18 @@ def main() -> None:
     out = Path(a.out)
     path = out / "train_compare.json"
     record = json.loads(path.read_text()) if path.exists() else {}
+    if a.decay_steps and not 100 <= a.steps - a.decay_steps:
+        ap.error(f"--decay_steps {a.decay_steps} leaves no constant phase before --steps {a.steps}")
+    a.decay_start = a.steps - a.decay_steps if a.decay_steps else None
     protocol = {k: getattr(a, k) for k in PROTOCOL}
     if record:
-        diff = [k for k in PROTOCOL if record["protocol"].get(k) != protocol[k]]
-        if diff == ["lrs"] and extends_grid(record["protocol"]["lrs"], a.lrs):
-            print(f"extending the learning-rate sweep from {record['protocol']['lrs']} to {a.lrs}", flush=True)
-        elif diff:
-            print(f"train_compare.py: {path} holds an experiment with other settings ({', '.join(diff)}): "
-                  f"pass the same ones to continue it (a wider --lrs may extend the sweep), or another --out",
-                  file=sys.stderr)
+        try:
+            note = protocol_change(record, protocol)
+        except ValueError as e:
+            print(f"train_compare.py: {path} {e}", file=sys.stderr)
             sys.exit(2)
+        if note:
+            print(note, flush=True)
     if a.report_only:
         report(record, out)
         return
@@ -486,6 +528,9 @@ def report(record: dict, out: Path) -> None:
             ax.fill_between(x, fd.min(0), fd.max(0), color=line.get_color(), alpha=0.2)
         f_lo, f_hi = min(floor["fd"]), max(floor["fd"])
         ax.axhspan(f_lo, f_hi, color="k", alpha=0.15, label="real data (train vs held-out)")
+        start = record["protocol"].get("decay_start")
+        if start and per_step is None:
+            ax.axvline(start, color="k", ls=":", lw=1, label="learning-rate decay starts")
         ax.set(xlabel=label, ylabel="FD (classifier features) vs held-out", yscale="log")
         ax.grid(True, alpha=0.3)
     axes[0].legend()

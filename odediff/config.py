@@ -66,8 +66,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.training.num_steps = 2000
     c.training.optimizer = "adam"  # adam | adamw
     c.training.learning_rate = 2e-4
-    c.training.lr_schedule = "constant"  # constant | cosine (after warmup)
+    c.training.lr_schedule = "constant"  # constant | cosine | wsd (after warmup)
     c.training.warmup_steps = 100
+    c.training.decay_steps = 0  # wsd: the last steps before num_steps, over which the rate falls linearly to 0
     c.training.b1 = 0.9
     c.training.b2 = 0.99
     c.training.weight_decay = 0.0

@@ -22,14 +22,23 @@ class TrainState:
 
 
 def learning_rate_schedule(tc: ml_collections.ConfigDict) -> optax.Schedule:
-    """Linear warmup, then constant or cosine decay to zero at num_steps."""
+    """Linear warmup, then constant, cosine decay to zero at num_steps, or wsd (warmup-stable-
+    decay): constant until the last decay_steps before num_steps, then linear to zero."""
     warmup = optax.linear_schedule(0.0, tc.learning_rate, max(tc.warmup_steps, 1))
     if tc.lr_schedule == "constant":
         after = optax.constant_schedule(tc.learning_rate)
     elif tc.lr_schedule == "cosine":
         after = optax.cosine_decay_schedule(tc.learning_rate, max(tc.num_steps - tc.warmup_steps, 1))
+    elif tc.lr_schedule == "wsd":
+        start = tc.num_steps - tc.decay_steps
+        if not (0 < tc.decay_steps and tc.warmup_steps <= start):
+            raise ConfigError(f"training.decay_steps={tc.decay_steps} with lr_schedule=wsd must be positive and leave "
+                              f"the {tc.warmup_steps} warmup steps before the decay (num_steps={tc.num_steps})")
+        decay = optax.linear_schedule(tc.learning_rate, 0.0, tc.decay_steps)
+        return optax.join_schedules([warmup, optax.constant_schedule(tc.learning_rate), decay],
+                                    [tc.warmup_steps, start])
     else:
-        raise ConfigError(f"training.lr_schedule={tc.lr_schedule!r}: use constant or cosine")
+        raise ConfigError(f"training.lr_schedule={tc.lr_schedule!r}: use constant, cosine or wsd")
     return optax.join_schedules([warmup, after], [tc.warmup_steps])
 
 

@@ -218,9 +218,10 @@ def _check_workdir_config(workdir: Path, config, allow_config_change: bool) -> N
     if path.exists():
         saved = json.loads(path.read_text())
         before = saved.get("training", {}).get("num_steps")
-        if saved.get("training", {}).get("lr_schedule") == "cosine" and before not in (None, config.training.num_steps):
+        schedule = saved.get("training", {}).get("lr_schedule")
+        if schedule in ("cosine", "wsd") and before not in (None, config.training.num_steps):
             raise ConfigError(
-                f"{workdir} holds a run with training.num_steps={before}, and its cosine learning-rate schedule "
+                f"{workdir} holds a run with training.num_steps={before}, and its {schedule} learning-rate schedule "
                 f"is built from it: pass --config.training.num_steps={before} to resume it, or use another --workdir"
             )
         diffs = config_differences(saved, config)

@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from helpers import REPO
 
@@ -79,3 +80,20 @@ def test_a_wider_learning_rate_grid_extends_the_sweep_and_nothing_else_may_chang
     assert tc.extends_grid("5e-4,1e-3,2e-3", "5e-4,1e-3,2e-3,4e-3,8e-3")
     assert tc.extends_grid("1e-3,2e-3", "0.002,0.001")  # same rates, other spelling
     assert not tc.extends_grid("5e-4,1e-3,2e-3", "1e-3,2e-3,4e-3")  # drops a rate already swept
+
+
+def test_a_decay_may_be_added_once_before_any_run_reaches_its_start_and_then_fixes_the_end():
+    record = _record([10.0, 12.0], [5.0, 6.0])  # every run scored at steps 500 and 1000
+    record["protocol"] = {k: 1 for k in tc.PROTOCOL if k not in tc.DECAY_KEYS} | {"lrs": "1e-3"}
+    same = {**record["protocol"], **tc.DECAY_KEYS}
+    assert tc.protocol_change(record, same) == ""
+    decay = {**same, "decay_steps": 500, "decay_start": 1000}
+    assert tc.protocol_change(record, decay) == "adding a linear decay of the rate over steps 1,000-1,500"
+    with pytest.raises(ValueError, match=r"past step 900 \(cunet_rk4_s0, cunet_rk4_s1, unet_s0, unet_s1\)"):
+        tc.protocol_change(record, {**decay, "decay_start": 900})
+    record["protocol"] = decay  # once set, the decay (and with it --steps) is part of the experiment
+    with pytest.raises(ValueError, match=r"other settings \(decay_start\)"):
+        tc.protocol_change(record, {**decay, "decay_start": 2000})
+    with pytest.raises(ValueError, match=r"other settings \(decay_steps, decay_start\)"):
+        tc.protocol_change(record, same)
+    assert tc.protocol_change(record, {**decay, "lrs": "1e-3,2e-3"}).startswith("extending the learning-rate sweep")

@@ -12,7 +12,7 @@ from odediff.config import ConfigError
 from odediff.models import build_denoiser
 from odediff.schedule import make_schedule
 from odediff.generation import make_sample_fn, with_sampling
-from odediff.train_state import create_train_state, make_optimizer
+from odediff.train_state import create_train_state, learning_rate_schedule, make_optimizer
 from odediff.training import ema_decay, make_train_step
 
 
@@ -115,6 +115,25 @@ def test_ema_is_warmed_up_then_follows_the_configured_decay():
     after, _ = jax.jit(make_train_step(model, tx, schedule, c))(state, batch)
     for e, p0, p1 in zip(*(jax.tree.leaves(t) for t in (after.ema_params, state.params, after.params))):
         np.testing.assert_allclose(e, 0.1 * p0 + 0.9 * p1, rtol=1e-5, atol=1e-7)
+
+
+def test_wsd_is_warmup_then_constant_then_linear_to_zero_over_the_last_decay_steps():
+    tc = tiny_config().training
+    tc.update(learning_rate=2.0, warmup_steps=10, num_steps=100, lr_schedule="wsd", decay_steps=20)
+    lr = learning_rate_schedule(tc)
+    expected = {0: 0.0, 5: 1.0, 10: 2.0, 50: 2.0, 80: 2.0, 85: 1.5, 90: 1.0, 99: 0.1, 100: 0.0}
+    assert {s: round(float(lr(s)), 6) for s in expected} == expected
+    constant = learning_rate_schedule(_with(tc, lr_schedule="constant"))
+    assert all(float(constant(s)) == float(lr(s)) for s in range(80))  # a constant run can become wsd before 80
+    for bad in (0, 95):
+        with pytest.raises(ConfigError, match=f"training.decay_steps={bad} with lr_schedule=wsd"):
+            learning_rate_schedule(_with(tc, decay_steps=bad))
+
+
+def _with(tc, **kw):
+    c = tc.copy_and_resolve_references()
+    c.update(kw)
+    return c
 
 
 def test_cpu_devices_one_per_core_when_the_batch_splits_unless_the_environment_says():
