@@ -97,3 +97,17 @@ def test_a_decay_may_be_added_once_before_any_run_reaches_its_start_and_then_fix
     with pytest.raises(ValueError, match=r"other settings \(decay_steps, decay_start\)"):
         tc.protocol_change(record, same)
     assert tc.protocol_change(record, {**decay, "lrs": "1e-3,2e-3"}).startswith("extending the learning-rate sweep")
+
+
+def test_the_readme_and_results_page_quote_the_committed_comparison():
+    results = REPO / "benchmarks" / "results" / "mnist_compare"
+    s = json.loads((results / "train_compare.json").read_text())["summary"]
+    readme = (REPO / "README.md").read_text()
+    quality = readme[readme.index("**Quality, on real digits"):]
+    quality = " ".join(quality[: quality.index("\n\n")].split())
+    page = " ".join((REPO / "docs" / "results.md").read_text().split())
+    quotes = [f"step {s['step']:,}", f"{s['floor_fd_mean']:.2f} ± {s['floor_fd_std']:.2f}"]
+    quotes += [f"{m['fd_mean']:.2f} ± {m['fd_std']:.2f}" for m in s["models"].values()]
+    for text in (quality, page):
+        assert [q for q in quotes if q not in text] == []
+    assert f"step {s['step']}," in (results / "train_compare.md").read_text()
