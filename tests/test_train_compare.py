@@ -103,8 +103,7 @@ def test_the_readme_and_results_page_quote_the_committed_comparison():
     results = REPO / "benchmarks" / "results" / "mnist_compare"
     s = json.loads((results / "train_compare.json").read_text())["summary"]
     readme = (REPO / "README.md").read_text()
-    quality = readme[readme.index("**Quality, on real digits"):]
-    quality = " ".join(quality[: quality.index("\n\n")].split())
+    quality = " ".join(readme[readme.index("**Quality, on real digits"):].split("\n\n")[0].split())
     page = " ".join((REPO / "docs" / "results.md").read_text().split())
     quotes = [f"step {s['step']:,}", f"{s['floor_fd_mean']:.2f} ± {s['floor_fd_std']:.2f}"]
     quotes += [f"{m['fd_mean']:.2f} ± {m['fd_std']:.2f}" for m in s["models"].values()]
