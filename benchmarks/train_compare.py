@@ -1,7 +1,7 @@
 """The paper's central claim on real digits: the continuous U-Net against the DDPM U-Net,
 trained until both draw digits, several seeds, scored beside the real-data floor. Resumable.
 
-python benchmarks/train_compare.py [--data DIR] [--preset cpu|gpu] [--steps 6000] [--seeds 0,1]
+python benchmarks/train_compare.py [--data DIR] [--preset cpu|gpu] [--steps 6000] [--decay_steps 1500] [--seeds 0,1]
                                    [--runs_dir runs/mnist_compare] [--out benchmarks/results/mnist_compare]
 
 Data: MNIST IDX files (--data; the 10k-image test set is enough), split into train and
@@ -445,6 +445,17 @@ def fd_by_step(record: dict) -> str:
     return markdown_table(["run", "lr", "seed"] + [f"step {t:,}" for t in steps], rows)
 
 
+def equal_seconds_text(s: dict, step: int) -> str:
+    """The U-Net's FD after as many seconds as this model trained, with this model's own FD
+    when that is taken at an earlier step than the table's (the decay's start)."""
+    if not s.get("unet_fd_at_equal_seconds_mean"):
+        return ""
+    text = f"{s['unet_fd_at_equal_seconds_mean']:.2f}"
+    if s["equal_seconds_step"] != step:
+        text += f" (vs {s['fd_at_equal_seconds_step_mean']:.2f} at step {s['equal_seconds_step']:,})"
+    return text
+
+
 def report(record: dict, out: Path) -> None:
     """The summary table (printed, stored in the JSON and, with every run's FD per step, in
     <out>/train_compare.md) and the plot."""
@@ -480,10 +491,18 @@ def report(record: dict, out: Path) -> None:
                 hit = next((e for e in sorted(r["evals"], key=lambda e: e["step"]) if e["fd"] <= u["fd_mean"]), None)
                 reach.append(None if hit is None else (hit["step"], hit["step"] * step_seconds.get(m, np.nan)))
         s["reach_unet_final_fd"] = reach
-        # the other way round: where the U-Net's runs stood after this model's training seconds
-        seconds = step * step_seconds.get(m, np.nan)
+        # the other way round: where the U-Net's runs stood after this model's training seconds.
+        # Once the rate decays, that U-Net would be at a constant rate still, so this is taken
+        # at the decay's start: a decayed model against an undecayed one would flatter the first.
+        decay_start = record["protocol"].get("decay_start")
+        eq_step = min(step, decay_start) if decay_start else step
+        seconds = eq_step * step_seconds.get(m, np.nan)
         at = [fd_at_seconds(record["runs"][n]["evals"], step_seconds.get("unet", np.nan), seconds)
               for n in record["main_runs"] if record["runs"][n]["model"] == "unet"]
+        own = [e["fd"] for n in record["main_runs"] if record["runs"][n]["model"] == m
+               for e in record["runs"][n]["evals"] if e["step"] == eq_step]
+        s["equal_seconds_step"] = eq_step
+        s["fd_at_equal_seconds_step_mean"] = float(np.mean(own)) if own else None
         s["train_seconds_steps"] = seconds
         s["unet_fd_at_equal_seconds"] = at
         s["unet_fd_at_equal_seconds_mean"] = float(np.mean(at)) if at and None not in at else None
@@ -499,7 +518,7 @@ def report(record: dict, out: Path) -> None:
                      f"{s['confident_fraction_mean']:.3f} / {s['confident_entropy_mean']:.2f}",
                      f"{s['step_seconds'] * 1e3:.0f}" if s["step_seconds"] else "",
                      f"{s['train_seconds_mean']:.0f}",
-                     f"{s['unet_fd_at_equal_seconds_mean']:.2f}" if s.get("unet_fd_at_equal_seconds_mean") else ""])
+                     equal_seconds_text(s, step)])
     title = (f"step {step}, {len(next(iter(per_model.values()), []))} seeds, FD of "
              f"{floor['num']} samples vs held-out (mean ± std over seeds)")
     table = markdown_table(["model", "params", "lr", "FD", "FD / floor", "precision / recall",

@@ -67,6 +67,20 @@ def test_fd_at_equal_seconds_interpolates_in_log_fd_and_never_extrapolates():
     assert record["summary"]["models"]["cunet_rk4"]["unet_fd_at_equal_seconds_mean"] is None
 
 
+def test_after_the_decay_starts_equal_time_is_taken_at_its_start(tmp_path):
+    record = _record([10.0, 12.0], [5.0, 6.0])
+    record["protocol"]["decay_start"] = 500  # the step-1000 scores are after a decay the U-Net's 500 s lacks
+    tc.report(record, tmp_path)
+    c = record["summary"]["models"]["cunet_rk4"]
+    assert c["equal_seconds_step"] == 500 and c["fd_at_equal_seconds_step_mean"] == 11.0
+    assert c["train_seconds_steps"] == 1000.0 and c["unet_fd_at_equal_seconds"] == [None, None]  # before its first scoring
+    record["step_seconds"]["cunet_rk4"]["median"] = 4.0  # 2000 s: the U-Net's step 500
+    tc.report(record, tmp_path)
+    c = record["summary"]["models"]["cunet_rk4"]
+    assert c["unet_fd_at_equal_seconds_mean"] == 22.0
+    assert "| 22.00 (vs 11.00 at step 500) |" in (tmp_path / "train_compare.md").read_text()
+
+
 def test_final_scores_use_the_last_step_every_run_reached():
     record = _record([10.0, 12.0], [5.0, 6.0])
     record["runs"]["unet_s1"]["evals"].pop()  # one run is a turn behind
