@@ -35,8 +35,7 @@ def learning_rate_schedule(tc: ml_collections.ConfigDict) -> optax.Schedule:
             raise ConfigError(f"training.decay_steps={tc.decay_steps} with lr_schedule=wsd must be positive and leave "
                               f"the {tc.warmup_steps} warmup steps before the decay (num_steps={tc.num_steps})")
         decay = optax.linear_schedule(tc.learning_rate, 0.0, tc.decay_steps)
-        return optax.join_schedules([warmup, optax.constant_schedule(tc.learning_rate), decay],
-                                    [tc.warmup_steps, start])
+        after = optax.join_schedules([optax.constant_schedule(tc.learning_rate), decay], [start - tc.warmup_steps])
     else:
         raise ConfigError(f"training.lr_schedule={tc.lr_schedule!r}: use constant, cosine or wsd")
     return optax.join_schedules([warmup, after], [tc.warmup_steps])
