@@ -45,9 +45,9 @@ def main() -> None:
     a = ap.parse_args()
     workdirs = list(dict.fromkeys([*a.workdirs, *(wd for wd in (a.cunet, a.unet) if wd)]))
     if not workdirs:
-        sys.exit("denoise.py: error: pass --workdirs (or --workdir-cunet and/or --workdir-unet)")
+        ap.error("pass --workdirs (or --workdir-cunet and/or --workdir-unet)")
     if len({Path(wd).name for wd in workdirs}) < len(workdirs):
-        sys.exit("denoise.py: error: the runs' directories need distinct names (they label the table's rows)")
+        ap.error("the runs' directories need distinct names (they label the table's rows)")
     eps_list = [float(e) for e in a.eps.split(",")]
 
     models, data_config = {}, None

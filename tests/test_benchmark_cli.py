@@ -1,0 +1,27 @@
+"""The sample-quality benchmarks' command lines: which points they run, and misuse."""
+
+import subprocess
+import sys
+
+from helpers import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import nfe_sweep  # noqa: E402
+
+
+def test_the_nfe_sweep_runs_every_sampler_at_each_nfe_and_the_ancestral_reference_only_when_asked():
+    pts = [(name, steps) for name, steps, _ in nfe_sweep.points([10, 50])]
+    assert pts == [("ddim", 10), ("dpmpp2m", 10), ("ode", 5), ("ddim", 50), ("dpmpp2m", 50), ("ode", 25),
+                   ("ancestral", 1000)]
+    assert [name for name, _, _ in nfe_sweep.points([10], ancestral_steps=0)] == ["ddim", "dpmpp2m", "ode"]
+    assert nfe_sweep.points([10], ancestral_steps=250)[-1][:2] == ("ancestral", 250)
+
+
+def test_denoise_refuses_runs_it_could_not_tell_apart_in_its_table(tmp_path):
+    a, b = tmp_path / "a" / "run", tmp_path / "b" / "run"
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "denoise.py"), "--workdirs", str(a), str(b)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "distinct names" in r.stderr
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "denoise.py")], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and "pass --workdirs" in r.stderr
