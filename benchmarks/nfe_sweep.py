@@ -4,7 +4,7 @@ python benchmarks/nfe_sweep.py --workdirs runs/mnist_cunet runs/mnist_unet [--nu
 
 For each run: DDIM, DPM-Solver++(2M) and the probability-flow ODE (Heun) at about
 10, 20, 50 and 100 NFE, and the 1000-step ancestral reference (--ancestral_steps 0
-leaves it out: it costs ten times the rest at these NFEs); FD in the dataset's
+leaves it out: it costs more than all the other points together); FD in the dataset's
 classifier feature space against the held-out split, wall time per image. Prints a
 table, writes JSON and one PNG. --append keeps the rows already in <out>'s JSON
 (same --num) and computes only the points they lack, so runs and NFEs can be added
