@@ -32,9 +32,7 @@ from odediff.schedule import make_schedule  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workdirs", nargs="+", default=[], help="trained runs, any denoisers, all on the same data")
-    ap.add_argument("--workdir-cunet", "--workdir_cunet", dest="cunet", help="same as one of --workdirs")
-    ap.add_argument("--workdir-unet", "--workdir_unet", dest="unet", help="same as one of --workdirs")
+    ap.add_argument("--workdirs", nargs="+", required=True, help="trained runs, any denoisers, all on the same data")
     ap.add_argument("--eps", default="0.05,0.1,0.15,0.2,0.3")
     ap.add_argument("--num", type=int, default=256, help="held-out images")
     ap.add_argument("--k", type=int, default=100, help="reverse-chain steps (at most t* + 1 are taken)")
@@ -43,25 +41,22 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/denoise.json")
     a = ap.parse_args()
-    workdirs = list(dict.fromkeys([*a.workdirs, *(wd for wd in (a.cunet, a.unet) if wd)]))
-    if not workdirs:
-        ap.error("pass --workdirs (or --workdir-cunet and/or --workdir-unet)")
-    if len({Path(wd).name for wd in workdirs}) < len(workdirs):
+    if len({Path(wd).name for wd in a.workdirs}) < len(a.workdirs):
         ap.error("the runs' directories need distinct names (they label the table's rows)")
     eps_list = [float(e) for e in a.eps.split(",")]
 
     models, data_config = {}, None
-    for wd in workdirs:
+    for wd in a.workdirs:
         try:
             config, params, step = restore_run(wd)
         except Exception as e:  # noqa: BLE001
             sys.exit(f"denoise.py: error: {wd}: {e}")
-        name = Path(wd).name if len(workdirs) > 1 else config.model.name
+        name = Path(wd).name
         if data_config is None:
             data_config = config.data
         elif (config.data.source, config.data.image_size, config.data.channels) != (
                 data_config.source, data_config.image_size, data_config.channels):
-            sys.exit(f"denoise.py: error: {wd} was trained on other data than {workdirs[0]}")
+            sys.exit(f"denoise.py: error: {wd} was trained on other data than {a.workdirs[0]}")
         model = build_denoiser(config.model)
         schedule = make_schedule(config.diffusion.beta_schedule, config.diffusion.num_timesteps)
         apply = (lambda m: lambda p, x, t: m.apply({"params": p}, x, t))(model)

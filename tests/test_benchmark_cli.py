@@ -24,4 +24,4 @@ def test_denoise_refuses_runs_it_could_not_tell_apart_in_its_table(tmp_path):
     assert r.returncode == 2 and "distinct names" in r.stderr
     r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "denoise.py")], capture_output=True, text=True,
                        timeout=120)
-    assert r.returncode == 2 and "pass --workdirs" in r.stderr
+    assert r.returncode == 2 and "--workdirs" in r.stderr
