@@ -402,14 +402,18 @@ def time_models(runs: dict, source, steps: int, repeats: int) -> dict:
 
 
 def final_scores(record: dict) -> tuple[int, dict]:
-    """The last step every main run was scored at, and each model's scores there per seed."""
+    """The last step every main run was scored at, and each model's scores there per seed.
+    Under a time budget, each run's last scoring instead (its budget's end: equal seconds,
+    different steps), and step 0."""
     main = [record["runs"][n] for n in record.get("main_runs", []) if record["runs"][n]["evals"]]
     if not main:
         return 0, {}
-    step = min(max(e["step"] for e in r["evals"]) for r in main)
+    budget = record["protocol"].get("time_budget")
+    step = 0 if budget else min(max(e["step"] for e in r["evals"]) for r in main)
     per_model = {}
     for r in main:
-        ev = next((e for e in r["evals"] if e["step"] == step), None)
+        last = max(e["step"] for e in r["evals"])
+        ev = next((e for e in r["evals"] if e["step"] == (last if budget else step)), None)
         if ev is not None:
             per_model.setdefault(r["model"], []).append({"seed": r["seed"], **ev})
     return step, per_model
@@ -491,6 +495,8 @@ def report(record: dict, out: Path) -> None:
                 hit = next((e for e in sorted(r["evals"], key=lambda e: e["step"]) if e["fd"] <= u["fd_mean"]), None)
                 reach.append(None if hit is None else (hit["step"], hit["step"] * step_seconds.get(m, np.nan)))
         s["reach_unet_final_fd"] = reach
+        if not step:
+            continue  # a time budget: the final scores are at equal seconds already
         # the other way round: where the U-Net's runs stood after this model's training seconds.
         # Once the rate decays, that U-Net would be at a constant rate still, so this is taken
         # at the decay's start: a decayed model against an undecayed one would flatter the first.
@@ -507,7 +513,7 @@ def report(record: dict, out: Path) -> None:
         s["unet_fd_at_equal_seconds"] = at
         s["unet_fd_at_equal_seconds_mean"] = float(np.mean(at)) if at and None not in at else None
     record["summary"] = summary
-    write_json(out / "train_compare.json", {k: v for k, v in record.items() if k != "machine"})
+    write_json(out / "train_compare.json", record)  # the machine it ran on, also when only reported here
 
     rows = [["real data (train vs held-out)", "", "", f"{summary['floor_fd_mean']:.2f} ± {summary['floor_fd_std']:.2f}",
              "1.0", f"{np.mean(floor['precision']):.3f} / {np.mean(floor['recall']):.3f}",
@@ -519,8 +525,14 @@ def report(record: dict, out: Path) -> None:
                      f"{s['step_seconds'] * 1e3:.0f}" if s["step_seconds"] else "",
                      f"{s['train_seconds_mean']:.0f}",
                      equal_seconds_text(s, step)])
-    title = (f"step {step}, {len(next(iter(per_model.values()), []))} seeds, FD of "
-             f"{floor['num']} samples vs held-out (mean ± std over seeds)")
+    seeds = len(next(iter(per_model.values()), []))
+    if step:
+        title = f"step {step}, {seeds} seeds"
+    else:
+        reached = "; ".join(m + " " + "/".join(f"{r['step']:,}" for r in rows) for m, rows in per_model.items())
+        title = (f"each run's first scoring after {record['protocol']['time_budget']:g} s of training "
+                 f"(steps {reached}), {seeds} seeds")
+    title += f", FD of {floor['num']} samples vs held-out (mean ± std over seeds)"
     table = markdown_table(["model", "params", "lr", "FD", "FD / floor", "precision / recall",
                             "p>=0.9 share / entropy (bits)", "step ms (side by side)", "training s (wall)",
                             "U-Net FD at this model's steps x step time"], rows)

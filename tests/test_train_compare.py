@@ -90,6 +90,24 @@ def test_final_scores_use_the_last_step_every_run_reached():
     assert np.isclose(sum(r["fd"] for r in per_model["unet"]), 20.0 + 24.0)
 
 
+def test_under_a_time_budget_each_run_is_scored_where_its_budget_ended(tmp_path):
+    record = _record([10.0, 12.0], [5.0, 6.0], steps=(500, 1000, 1500))
+    record["protocol"]["time_budget"] = 20.0
+    for n in ("unet_s0", "unet_s1"):  # the slower model spent its seconds by step 1000
+        record["runs"][n]["evals"].pop()
+    step, per_model = tc.final_scores(record)
+    assert step == 0
+    assert [r["step"] for r in per_model["unet"]] == [1000, 1000] and [r["fd"] for r in per_model["unet"]] == [20.0, 24.0]
+    assert [r["step"] for r in per_model["cunet_rk4"]] == [1500, 1500]
+    record["machine"] = "gpu:the one it ran on"
+    tc.report(record, tmp_path)
+    c = record["summary"]["models"]["cunet_rk4"]
+    assert c["fd_mean"] == 5.5 and c["fd_ratio_to_unet"] == 5.5 / 22.0
+    assert "unet_fd_at_equal_seconds" not in c  # equal seconds by construction
+    assert "after 20 s of training (steps cunet_rk4 1,500/1,500; unet 1,000/1,000)" in (tmp_path / "train_compare.md").read_text()
+    assert json.loads((tmp_path / "train_compare.json").read_text())["machine"] == "gpu:the one it ran on"
+
+
 def test_a_wider_learning_rate_grid_extends_the_sweep_and_nothing_else_may_change():
     assert tc.extends_grid("5e-4,1e-3,2e-3", "5e-4,1e-3,2e-3,4e-3,8e-3")
     assert tc.extends_grid("1e-3,2e-3", "0.002,0.001")  # same rates, other spelling
