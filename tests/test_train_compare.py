@@ -142,3 +142,18 @@ def test_the_readme_and_results_page_quote_the_committed_comparison():
     for text in (quality, page):
         assert [q for q in quotes if q not in text] == []
     assert f"step {s['step']}," in (results / "train_compare.md").read_text()
+
+
+def test_the_readme_and_results_page_quote_the_committed_gpu_comparison():
+    results = REPO / "benchmarks" / "results" / "gpu"
+    record = json.loads((results / "train_compare.json").read_text())
+    assert record["machine"].startswith("gpu:")
+    s = record["summary"]
+    readme = (REPO / "README.md").read_text()
+    gpu = " ".join(readme[readme.index("**The same comparison on one GPU"):].split("\n\n")[0].split())
+    page = " ".join((REPO / "docs" / "results.md").read_text().split())
+    quotes = [f"{s['floor_fd_mean']:.2f} ± {s['floor_fd_std']:.2f}"]
+    quotes += [f"{m['fd_mean']:.2f} ± {m['fd_std']:.2f}" for m in s["models"].values()]
+    quotes += [f"{s['models']['cunet_heun']['fd_ratio_to_unet']:.2f}x"]
+    for text in (gpu, page):
+        assert [q for q in quotes if q not in text] == []
