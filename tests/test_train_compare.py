@@ -142,6 +142,10 @@ def test_the_readme_and_results_page_quote_the_committed_comparison():
     for text in (quality, page):
         assert [q for q in quotes if q not in text] == []
     assert f"step {s['step']}," in (results / "train_compare.md").read_text()
+    longer = json.loads((REPO / "benchmarks" / "results" / "mnist_long" / "train_compare.json").read_text())["summary"]
+    heun = longer["models"]["cunet_heun"]
+    for text in (quality, page):
+        assert f"{heun['fd_mean']:.2f} ± {heun['fd_std']:.2f}" in text and f"{longer['step']:,}" in text
 
 
 def test_the_readme_and_results_page_quote_the_committed_gpu_comparison():
