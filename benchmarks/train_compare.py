@@ -529,7 +529,7 @@ def report(record: dict, out: Path) -> None:
     if step:
         title = f"step {step}, {seeds} seeds"
     else:
-        reached = "; ".join(m + " " + "/".join(f"{r['step']:,}" for r in rows) for m, rows in per_model.items())
+        reached = "; ".join(m + " " + "/".join(f"{r['step']:,}" for r in seed_rows) for m, seed_rows in per_model.items())
         title = (f"each run's first scoring after {record['protocol']['time_budget']:g} s of training "
                  f"(steps {reached}), {seeds} seeds")
     title += f", FD of {floor['num']} samples vs held-out (mean ± std over seeds)"
