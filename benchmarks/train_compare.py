@@ -333,7 +333,7 @@ def main() -> None:
           f"{np.mean(record['floor']['fd']):.2f} +- {np.std(record['floor']['fd']):.2f}", flush=True)
 
     def save():
-        write_json(path, {k: v for k, v in record.items() if k != "machine"})
+        write_json(path, record)
 
     record.setdefault("sweep", {})
     chosen = {}
@@ -412,8 +412,10 @@ def final_scores(record: dict) -> tuple[int, dict]:
     step = 0 if budget else min(max(e["step"] for e in r["evals"]) for r in main)
     per_model = {}
     for r in main:
-        last = max(e["step"] for e in r["evals"])
-        ev = next((e for e in r["evals"] if e["step"] == (last if budget else step)), None)
+        if budget:
+            ev = max(r["evals"], key=lambda e: e["step"])
+        else:
+            ev = next((e for e in r["evals"] if e["step"] == step), None)
         if ev is not None:
             per_model.setdefault(r["model"], []).append({"seed": r["seed"], **ev})
     return step, per_model

@@ -131,14 +131,23 @@ def test_a_decay_may_be_added_once_before_any_run_reaches_its_start_and_then_fix
     assert tc.protocol_change(record, {**decay, "lrs": "1e-3,2e-3"}).startswith("extending the learning-rate sweep")
 
 
+def _readme_paragraph(start: str) -> str:
+    readme = (REPO / "README.md").read_text()
+    return " ".join(readme[readme.index(start):].split("\n\n")[0].split())
+
+
+def _fd_quotes(summary: dict) -> list[str]:
+    """The floor's and every model's FD as the README writes them."""
+    return [f"{summary['floor_fd_mean']:.2f} ± {summary['floor_fd_std']:.2f}"] + [
+        f"{m['fd_mean']:.2f} ± {m['fd_std']:.2f}" for m in summary["models"].values()]
+
+
 def test_the_readme_and_results_page_quote_the_committed_comparison():
     results = REPO / "benchmarks" / "results" / "mnist_compare"
     s = json.loads((results / "train_compare.json").read_text())["summary"]
-    readme = (REPO / "README.md").read_text()
-    quality = " ".join(readme[readme.index("**Quality, on real digits"):].split("\n\n")[0].split())
+    quality = _readme_paragraph("**Quality, on real digits")
     page = " ".join((REPO / "docs" / "results.md").read_text().split())
-    quotes = [f"step {s['step']:,}", f"{s['floor_fd_mean']:.2f} ± {s['floor_fd_std']:.2f}"]
-    quotes += [f"{m['fd_mean']:.2f} ± {m['fd_std']:.2f}" for m in s["models"].values()]
+    quotes = [f"step {s['step']:,}"] + _fd_quotes(s)
     for text in (quality, page):
         assert [q for q in quotes if q not in text] == []
     assert f"step {s['step']}," in (results / "train_compare.md").read_text()
@@ -153,11 +162,8 @@ def test_the_readme_and_results_page_quote_the_committed_gpu_comparison():
     record = json.loads((results / "train_compare.json").read_text())
     assert record["machine"].startswith("gpu:")
     s = record["summary"]
-    readme = (REPO / "README.md").read_text()
-    gpu = " ".join(readme[readme.index("**The same comparison on one GPU"):].split("\n\n")[0].split())
+    gpu = _readme_paragraph("**The same comparison on one GPU")
     page = " ".join((REPO / "docs" / "results.md").read_text().split())
-    quotes = [f"{s['floor_fd_mean']:.2f} ± {s['floor_fd_std']:.2f}"]
-    quotes += [f"{m['fd_mean']:.2f} ± {m['fd_std']:.2f}" for m in s["models"].values()]
-    quotes += [f"{s['models']['cunet_heun']['fd_ratio_to_unet']:.2f}x"]
+    quotes = _fd_quotes(s) + [f"{s['models']['cunet_heun']['fd_ratio_to_unet']:.2f}x"]
     for text in (gpu, page):
         assert [q for q in quotes if q not in text] == []
