@@ -9,9 +9,11 @@
 # Compilation dominates on a GPU: on one H100 (jax 0.11.2) the comparison's start (data,
 # feature classifier, floor) took ~90 s, each of the six learning-rate sweep runs ~30 s
 # for 200 steps, and the paper table ~4 minutes for its first two forward compilations.
-# On a fresh machine the comparison needs ~12 minutes in all: the first run stops at its
-# limit with every result so far written; the same command run again on that machine
-# (its checkpoints and compilation cache under TMPDIR) resumes and finished in 146 s.
+# On a fresh machine the comparison then needed ~12 minutes in all: the first run stopped at
+# its limit with every result so far written; the same command run again on that machine
+# (its checkpoints and compilation cache under TMPDIR) resumed and finished in 146 s. Each
+# model now compiles its step once for all its sweep rates and seeds (3 compilations, not
+# 9); that this fits one run is still to be measured. If it does not, run it again.
 #
 # Needs python3 with jax for the GPU (CUDA), flax, diffrax, optax, orbax-checkpoint, grain,
 # ml_collections, scikit-learn and matplotlib, and MNIST's IDX files. Without network

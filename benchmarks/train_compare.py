@@ -31,6 +31,8 @@ held-out by data.holdout_fraction (0.1: 9,000 / 1,000). Models: the DDPM U-Net
    seconds as a cU-Net trained (interpolated between its scorings) therefore use steps x
    each model's step time, measured with the models alternating in one process (once
    per experiment, or again with --retime).
+   Every run of a model (sweep rates, seeds) shares one compiled step, which takes the
+   rate and the seed as arguments: the same numbers as a step compiled per run.
 3. The real-data floor: the same metrics for as many train images as samples,
    against the same held-out images, over three draws.
 
@@ -148,13 +150,17 @@ class Run:
     """One (model, learning rate, seed): its train state, compiled step, losses and scores,
     kept in <runs_dir>/<name> and in the results record."""
 
-    def __init__(self, a, model: str, lr: float, seed: int, record: dict, mesh):
+    def __init__(self, a, model: str, lr: float, seed: int, record: dict, mesh, compiled: dict):
         self.name = f"{model}_lr{lr:g}_s{seed}"
         self.model_name, self.lr, self.seed = model, lr, seed
         self.config = make_config(a, model, lr, seed)
         self.dir = Path(a.runs_dir) / self.name
         self.rec = record.setdefault(self.name, {"model": model, "lr": lr, "seed": seed, "evals": []})
         self.mesh, self.rep = mesh, parallel.replicated(mesh)
+        # The rate and the seed are arguments of the compiled step, so every run of a model
+        # (sweep, seeds) shares one compiled step, init and sampler.
+        self.compiled = compiled.setdefault(model, {})
+        self.hyper = jax.device_put((np.float32(lr), np.int32(seed)), self.rep)
         self.model = build_denoiser(self.config.model)
         self.tx = make_optimizer(self.config.training)
         self.schedule = make_schedule(self.config.diffusion.beta_schedule, self.config.diffusion.num_timesteps)
@@ -175,8 +181,11 @@ class Run:
             sys.exit(2)
         saved.write_text(config_to_json(self.config))
         if restored is None:
-            init = jax.jit(lambda k: create_train_state(self.model, self.tx, self.config, k), out_shardings=self.rep)
-            self.state, self.step, meta = init(jax.random.split(jax.random.key(seed))[0]), 0, {}
+            if "init" not in self.compiled:
+                model_, tx, config = self.model, self.tx, self.config
+                self.compiled["init"] = jax.jit(lambda k: create_train_state(model_, tx, config, k),
+                                                out_shardings=self.rep)
+            self.state, self.step, meta = self.compiled["init"](jax.random.split(jax.random.key(seed))[0]), 0, {}
         else:
             self.step, self.state, meta = restored
         self.train_seconds = float(meta.get("train_seconds", 0.0))
@@ -184,7 +193,7 @@ class Run:
         self.rec["losses"] = self.losses
         self.rec["evals"] = [e for e in self.rec["evals"] if e["step"] <= self.step]
         self.rec["params"] = int(sum(x.size for x in jax.tree.leaves(self.state.params)))
-        self._step_fn = self._sample_fn = None
+        self._step_fn = None
 
     def train_to(self, target: int, source) -> None:
         if self.step >= target:
@@ -209,11 +218,17 @@ class Run:
         return parallel.global_batch(data_lib.get_batch(source, c.data, c.training.batch_size, c.seed, step), self.mesh)
 
     def _compile(self, source) -> None:
+        if "step" not in self.compiled:
+            model, schedule, c = self.model, self.schedule, self.config
+
+            def step(state, batch, lr, seed):
+                return make_train_step(model, make_optimizer(c.training, lr), schedule, c, seed)(state, batch)
+
+            fn = jax.jit(step, out_shardings=(self.rep, self.rep), donate_argnums=0)
+            self.compiled["step"] = fn.lower(self.state, self._batch(source, 0), *self.hyper).compile()
         if self._step_fn is None:
-            fn = jax.jit(make_train_step(self.model, self.tx, self.schedule, self.config),
-                         out_shardings=(self.rep, self.rep), donate_argnums=0)
-            self._step_fn = parallel.one_step_at_a_time(fn.lower(self.state, self._batch(source, 0)).compile(),
-                                                        self.mesh)
+            step, hyper = self.compiled["step"], self.hyper
+            self._step_fn = parallel.one_step_at_a_time(lambda state, batch: step(state, batch, *hyper), self.mesh)
 
     def time_steps(self, source, steps: int) -> float:
         """Seconds per step of the compiled step on a copy of the state (the run is not
@@ -230,10 +245,10 @@ class Run:
         return (time.perf_counter() - t0) / steps
 
     def samples(self, num: int) -> np.ndarray:
-        if self._sample_fn is None:
+        if ("sample", num) not in self.compiled:
             fn = make_sample_fn(self.model, self.schedule, self.config, num, mesh=self.mesh)
-            self._sample_fn = fn.lower(self.state.ema_params, jax.random.key(SAMPLE_SEED)).compile()
-        images_, _ = self._sample_fn(self.state.ema_params, jax.random.key(SAMPLE_SEED))
+            self.compiled["sample", num] = fn.lower(self.state.ema_params, jax.random.key(SAMPLE_SEED)).compile()
+        images_, _ = self.compiled["sample", num](self.state.ema_params, jax.random.key(SAMPLE_SEED))
         return data_lib.to_uint8(parallel.to_host(images_))
 
     def close(self) -> None:
@@ -336,13 +351,13 @@ def main() -> None:
         write_json(path, record)
 
     record.setdefault("sweep", {})
-    chosen = {}
+    chosen, compiled = {}, {}
     for m in models:
         sweep = record["sweep"].setdefault(m, {})
         for lr in lrs:
             if f"{lr:g}" in sweep:
                 continue
-            r = Run(a, m, lr, seeds[0], record["runs"], mesh)
+            r = Run(a, m, lr, seeds[0], record["runs"], mesh, compiled)
             r.train_to(a.sweep_steps, source)
             tail = r.losses[a.sweep_steps - a.sweep_steps // 4: a.sweep_steps]
             sweep[f"{lr:g}"] = float(np.mean(tail))
@@ -353,7 +368,7 @@ def main() -> None:
         chosen[m] = float(min(sweep, key=lambda k: sweep[k] if np.isfinite(sweep[k]) else np.inf))
     record["lr"] = chosen
 
-    runs = [Run(a, m, chosen[m], s, record["runs"], mesh) for s in seeds for m in models]
+    runs = [Run(a, m, chosen[m], s, record["runs"], mesh, compiled) for s in seeds for m in models]
     record["main_runs"] = sorted(r.name for r in runs)
     if a.retime or set(record.get("step_seconds", {})) != set(models):
         record["step_seconds"] = time_models({m: next(r for r in runs if r.model_name == m) for m in models},

@@ -21,29 +21,35 @@ class TrainState:
     num_nonfinite: jax.Array
 
 
-def learning_rate_schedule(tc: ml_collections.ConfigDict) -> optax.Schedule:
+def learning_rate_schedule(tc: ml_collections.ConfigDict, learning_rate: float | jax.Array | None = None
+                           ) -> optax.Schedule:
     """Linear warmup, then constant, cosine decay to zero at num_steps, or wsd (warmup-stable-
-    decay): constant until the last decay_steps before num_steps, then linear to zero."""
-    warmup = optax.linear_schedule(0.0, tc.learning_rate, max(tc.warmup_steps, 1))
+    decay): constant until the last decay_steps before num_steps, then linear to zero. The peak
+    is `learning_rate` when given (it may be traced: one compiled step for a whole sweep), else
+    tc.learning_rate."""
+    peak = tc.learning_rate if learning_rate is None else learning_rate
+    warmup = optax.linear_schedule(0.0, peak, max(tc.warmup_steps, 1))
     if tc.lr_schedule == "constant":
-        after = optax.constant_schedule(tc.learning_rate)
+        after = optax.constant_schedule(peak)
     elif tc.lr_schedule == "cosine":
-        after = optax.cosine_decay_schedule(tc.learning_rate, max(tc.num_steps - tc.warmup_steps, 1))
+        after = optax.cosine_decay_schedule(peak, max(tc.num_steps - tc.warmup_steps, 1))
     elif tc.lr_schedule == "wsd":
         start = tc.num_steps - tc.decay_steps
         if not (0 < tc.decay_steps and tc.warmup_steps <= start):
             raise ConfigError(f"training.decay_steps={tc.decay_steps} with lr_schedule=wsd must be positive and leave "
                               f"the {tc.warmup_steps} warmup steps before the decay (num_steps={tc.num_steps})")
-        decay = optax.linear_schedule(tc.learning_rate, 0.0, tc.decay_steps)
-        after = optax.join_schedules([optax.constant_schedule(tc.learning_rate), decay], [start - tc.warmup_steps])
+        decay = optax.linear_schedule(peak, 0.0, tc.decay_steps)
+        after = optax.join_schedules([optax.constant_schedule(peak), decay], [start - tc.warmup_steps])
     else:
         raise ConfigError(f"training.lr_schedule={tc.lr_schedule!r}: use constant, cosine or wsd")
     return optax.join_schedules([warmup, after], [tc.warmup_steps])
 
 
-def make_optimizer(tc: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Adam or AdamW with global-norm clipping."""
-    lr = learning_rate_schedule(tc)
+def make_optimizer(tc: ml_collections.ConfigDict, learning_rate: float | jax.Array | None = None
+                   ) -> optax.GradientTransformation:
+    """Adam or AdamW with global-norm clipping, its rate `learning_rate_schedule(tc, learning_rate)`.
+    The optimizer state's structure does not depend on the rate."""
+    lr = learning_rate_schedule(tc, learning_rate)
     if tc.optimizer == "adam":
         opt = optax.adam(lr, b1=tc.b1, b2=tc.b2)
     elif tc.optimizer == "adamw":

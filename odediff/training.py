@@ -101,15 +101,18 @@ def train_step(
     return new_state, {"loss": loss, "grad_norm": grad_norm}
 
 
-def make_train_step(model, tx: optax.GradientTransformation, schedule: Schedule, config: ml_collections.ConfigDict):
+def make_train_step(model, tx: optax.GradientTransformation, schedule: Schedule, config: ml_collections.ConfigDict,
+                    seed: int | jax.Array | None = None):
     """`(state, batch) -> (state, metrics)`: `train_step` with the model and settings of a
-    config, its key a function of (config.seed, state.step). A class-conditional model
+    config, its key a function of (seed, state.step), seed config.seed unless given (it may be
+    traced). A class-conditional model
     takes `batch` as (images, labels) and sees each label replaced by the null class with
     probability `training.cond_drop_prob` (classifier-free guidance training). With
     `training.compute_dtype` bfloat16 the denoiser runs in bfloat16 on a cast of the
     float32 params; loss, gradients, optimizer and EMA stay float32."""
     num_classes = config.model.get("num_classes", 0)
     dtype = jnp.dtype(config.training.get("compute_dtype", "float32"))
+    run_seed = config.seed if seed is None else seed
 
     def apply(p, x, t, key, labels=None):
         if dtype != jnp.float32:  # mixed precision: the float32 params are cast here, their gradients back
@@ -122,7 +125,7 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: Schedule,
         if (labels is None) != (not num_classes):
             raise ValueError(f"model.num_classes={num_classes}: the batch must be "
                              f"{'(images, labels)' if num_classes else 'images alone'}")
-        key = jax.random.fold_in(jax.random.split(jax.random.key(config.seed))[1], state.step)
+        key = jax.random.fold_in(jax.random.split(jax.random.key(run_seed))[1], state.step)
         if labels is not None:
             drop = jax.random.bernoulli(jax.random.fold_in(key, 1), config.training.cond_drop_prob, labels.shape)
             labels = jnp.where(drop, num_classes, labels)

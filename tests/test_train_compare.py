@@ -1,5 +1,6 @@
 """benchmarks/train_compare.py's bookkeeping: the final scores, ratios only where seeds separate, the report."""
 
+import argparse
 import json
 import sys
 import tempfile
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from helpers import REPO
+from test_data import write_idx
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import train_compare as tc  # noqa: E402
@@ -25,6 +27,32 @@ def _record(unet_fds, cunet_fds, steps=(500, 1000)):
     return {"protocol": {"image_size": 16, "batch": 64, "eval_steps": 25}, "floor": floor, "runs": runs,
             "main_runs": sorted(runs), "lr": {"unet": 1e-3, "cunet_rk4": 1e-3},
             "step_seconds": {"unet": {"median": 4.0}, "cunet_rk4": {"median": 2.0}}}
+
+
+def test_the_runs_of_a_model_share_one_compiled_step_and_each_keeps_its_rate_and_seed(tmp_path):
+    from odediff import data as data_lib, parallel
+
+    rng = np.random.default_rng(0)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", rng.integers(0, 256, (40, 28, 28)).astype(np.uint8), False)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", rng.integers(0, 10, 40).astype(np.uint8), False)
+    a = argparse.Namespace(**{**tc.PRESETS["cpu"], "data": str(tmp_path), "image_size": 8, "batch": 4,
+                              "cunet_ch_mult": "2,4", "cunet_attn": "", "decay_steps": 0, "ema": 0.999,
+                              "steps": 10, "eval_steps": 2})
+    mesh, record = parallel.make_mesh(), {}
+    source = data_lib.load_source(tc.make_config(a, "cunet_heun", 1e-3, 0).data, "train")
+
+    def runs(runs_dir, settings):
+        a.runs_dir, compiled = str(tmp_path / runs_dir), {}
+        out = [tc.Run(a, "cunet_heun", lr, seed, record, mesh, compiled) for lr, seed in settings]
+        for r in out:
+            r.train_to(3, source)
+            r.close()
+        return out, compiled
+
+    (first, second), compiled = runs("shared", [(1e-3, 0), (4e-3, 1)])
+    (alone,), _ = runs("alone", [(4e-3, 1)])
+    assert list(compiled) == ["cunet_heun"] and "step" in compiled["cunet_heun"]
+    assert second.losses == alone.losses and first.losses[0] != second.losses[0]
 
 
 def test_a_ratio_only_where_the_seeds_do_not_overlap(tmp_path):

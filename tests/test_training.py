@@ -130,6 +130,26 @@ def test_wsd_is_warmup_then_constant_then_linear_to_zero_over_the_last_decay_ste
             learning_rate_schedule(_with(tc, decay_steps=bad))
 
 
+def test_a_traced_rate_and_seed_give_each_config_its_own_steps_from_one_compiled_step():
+    c, model, _, schedule, state0, batch = _setup()
+    c.training.update(lr_schedule="wsd", num_steps=4, decay_steps=2, warmup_steps=1)
+
+    @jax.jit
+    def shared(state, lr, seed):
+        return make_train_step(model, make_optimizer(c.training, lr), schedule, c, seed)(state, batch)
+
+    for lr, seed in ((1e-3, 0), (3e-3, 5)):
+        own = c.copy_and_resolve_references()
+        own.seed, own.training.learning_rate = seed, lr
+        step = jax.jit(make_train_step(model, make_optimizer(own.training), schedule, own))
+        a = b = state0
+        for _ in range(3):
+            a, _ = step(a, batch)
+            b, _ = shared(b, jnp.float32(lr), jnp.int32(seed))
+        _assert_same(a, b)
+    assert shared._cache_size() == 1
+
+
 def _with(tc, **kw):
     c = tc.copy_and_resolve_references()
     c.update(kw)
