@@ -38,11 +38,15 @@ held-out by data.holdout_fraction (0.1: 9,000 / 1,000). Models: the DDPM U-Net
 
 Everything accumulates in <out>/train_compare.json; rerunning the same command
 continues where it stopped (checkpoints and scores already there are kept); a larger
---steps or more --seeds extends the experiment. After every turn the report is
+--steps or more --seeds extends the experiment. A seed may also be added on its own
+(--seeds 1 after --seeds 0, say on another machine with the same JSON): the models' other
+seeds keep their scores, and the sample files stay those of each model's lowest seed. A run
+the JSON has scores of but --runs_dir has no checkpoint of stops the command (exit 2)
+rather than starting that run over. After every turn the report is
 rewritten: <out>/train_compare.png (FD against steps and against training seconds,
 mean and range over seeds, the floor as a band), <out>/samples_<model>.png (a grid)
 and <out>/samples_<model>.npz (`images`: uint8 NHWC, every sample of the latest
-scoring of the model's seed-0 run, unfiltered).
+scoring of the model's lowest seed's run, unfiltered).
 
 Presets: `cpu` (default; for 2 CPU cores, where one turn of 500 steps for the six
 runs of two seeds takes about 30 minutes and the sweep about 40): MNIST at
@@ -178,6 +182,12 @@ class Run:
         if decay_added and restored is not None and restored[0] > a.decay_start:
             print(f"train_compare.py: {self.dir} trained at a constant rate to step {restored[0]:,}, past the decay's "
                   f"start ({a.decay_start:,}): pass a larger --steps or another --runs_dir", file=sys.stderr)
+            sys.exit(2)
+        if restored is None and self.rec["evals"]:
+            print(f"train_compare.py: {self.dir} holds no checkpoint, but the results record holds scores of "
+                  f"{self.name} up to step {max(e['step'] for e in self.rec['evals']):,}: pass the --runs_dir "
+                  f"that holds its checkpoints, or leave seed {seed} out of --seeds (its scores are kept)",
+                  file=sys.stderr)
             sys.exit(2)
         saved.write_text(config_to_json(self.config))
         if restored is None:
@@ -369,7 +379,9 @@ def main() -> None:
     record["lr"] = chosen
 
     runs = [Run(a, m, chosen[m], s, record["runs"], mesh, compiled) for s in seeds for m in models]
-    record["main_runs"] = sorted(r.name for r in runs)
+    record["main_runs"] = main_runs(record, [r.name for r in runs], chosen)
+    grid_seed = {m: min(record["runs"][n]["seed"] for n in record["main_runs"] if record["runs"][n]["model"] == m)
+                 for m in models}
     if a.retime or set(record.get("step_seconds", {})) != set(models):
         record["step_seconds"] = time_models({m: next(r for r in runs if r.model_name == m) for m in models},
                                              source, a.timed_steps, a.timing_repeats)
@@ -391,7 +403,7 @@ def main() -> None:
                   "loss": float(np.mean(r.losses[-a.eval_every:])), "eval_seconds": time.perf_counter() - t0}
             r.rec["evals"].append(ev)
             r.rec["losses"] = r.losses
-            if r.seed == seeds[0]:
+            if r.seed == grid_seed[r.model_name]:
                 out.mkdir(parents=True, exist_ok=True)
                 np.savez_compressed(out / f"samples_{r.model_name}.npz", images=samples)
                 images.save_grid(samples[:100], out / f"samples_{r.model_name}.png", scale=2)
@@ -404,6 +416,14 @@ def main() -> None:
     for r in runs:
         r.close()
     report(record, out)
+
+
+def main_runs(record: dict, names: list[str], chosen: dict) -> list[str]:
+    """The main runs after this invocation: its own (`names`) and those of earlier ones at a
+    model's chosen rate, so a seed added on its own joins the seeds already scored."""
+    earlier = [n for n in record.get("main_runs", [])
+               if record["runs"][n]["model"] in chosen and record["runs"][n]["lr"] == chosen[record["runs"][n]["model"]]]
+    return sorted(set(earlier) | set(names))
 
 
 def time_models(runs: dict, source, steps: int, repeats: int) -> dict:

@@ -55,6 +55,23 @@ def test_the_runs_of_a_model_share_one_compiled_step_and_each_keeps_its_rate_and
     assert second.losses == alone.losses and first.losses[0] != second.losses[0]
 
 
+def test_a_seed_added_on_its_own_joins_the_scored_seeds_and_a_run_without_its_checkpoint_stops(tmp_path):
+    from odediff import parallel
+
+    record = _record([10.0], [5.0, 6.0])
+    chosen = {"cunet_rk4": 1e-3}
+    assert tc.main_runs(record, ["cunet_rk4_s2"], chosen) == ["cunet_rk4_s0", "cunet_rk4_s1", "cunet_rk4_s2"]
+    assert tc.main_runs(record, ["cunet_rk4_s2"], {"cunet_rk4": 2e-3}) == ["cunet_rk4_s2"]  # the rate moved
+
+    a = argparse.Namespace(**{**tc.PRESETS["cpu"], "data": str(tmp_path), "image_size": 8, "batch": 4,
+                              "cunet_ch_mult": "2,4", "cunet_attn": "", "decay_steps": 0, "ema": 0.999,
+                              "steps": 10, "eval_steps": 2, "decay_start": None, "runs_dir": str(tmp_path / "empty")})
+    runs = {"cunet_heun_lr0.001_s0": {"model": "cunet_heun", "lr": 1e-3, "seed": 0, "evals": [{"step": 500, "fd": 9.0}]}}
+    with pytest.raises(SystemExit) as e:
+        tc.Run(a, "cunet_heun", 1e-3, 0, runs, parallel.make_mesh(), {})
+    assert e.value.code == 2 and runs["cunet_heun_lr0.001_s0"]["evals"] == [{"step": 500, "fd": 9.0}]
+
+
 def test_a_ratio_only_where_the_seeds_do_not_overlap(tmp_path):
     record = _record([10.0, 12.0], [5.0, 6.0])
     tc.report(record, tmp_path)
