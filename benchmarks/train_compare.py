@@ -34,7 +34,10 @@ held-out by data.holdout_fraction (0.1: 9,000 / 1,000). Models: the DDPM U-Net
    Every run of a model (sweep rates, seeds) shares one compiled step, which takes the
    rate and the seed as arguments: the same numbers as a step compiled per run.
 3. The real-data floor: the same metrics for as many train images as samples,
-   against the same held-out images, over three draws.
+   against the same held-out images, over three draws. It is taken again at every
+   start: a record whose floor differs (another machine or library version trained
+   another feature classifier) is not continued, its scores and new ones being in
+   different features.
 
 Everything accumulates in <out>/train_compare.json; rerunning the same command
 continues where it stopped (checkpoints and scores already there are kept); a larger
@@ -126,6 +129,17 @@ def protocol_change(record: dict, protocol: dict) -> str:
     raise ValueError(f"holds an experiment with other settings ({', '.join(diff)}): pass the same ones to "
                      f"continue it (a wider --lrs may extend the sweep, a decay may be added before it starts), "
                      f"or another --out")
+
+
+def other_feature_space(record: dict, floor: dict) -> str:
+    """Why `record`'s scores cannot stand beside new ones ("" if they can): its real-data
+    floor, the same images, differs from `floor`, so its features came from another
+    classifier (another machine or library version may train another one)."""
+    old = record.get("floor")
+    if not old or old["num"] != floor["num"] or np.allclose(old["fd"], floor["fd"], rtol=1e-3, atol=0):
+        return ""
+    return (f"was scored in other features: its real-data floor FD is {np.mean(old['fd']):.4f}, here "
+            f"{np.mean(floor['fd']):.4f} (same images, another feature classifier): pass another --out")
 
 
 def make_config(a, model: str, lr: float, seed: int):
@@ -351,8 +365,11 @@ def main() -> None:
     space = feature_space(data_config, a.cache_dir, classifier_steps=a.classifier_steps)
     real = embed(_all_images(data_lib.load_source(data_config, "test"))[0], space)  # once, for every scoring
     record["feature_space"] = {k: v for k, v in space.info.items() if k != "classifier_cache"}
-    if record.get("floor", {}).get("num") != a.num_eval_samples:
-        record["floor"] = real_floor(source, real, space, a.num_eval_samples)
+    floor = real_floor(source, real, space, a.num_eval_samples)
+    if other := other_feature_space(record, floor):
+        print(f"train_compare.py: {path} {other}", file=sys.stderr)
+        sys.exit(2)
+    record["floor"] = floor
     print(f"{len(source)} train / {len(real)} held-out images; classifier test accuracy "
           f"{space.info['classifier_test_accuracy']:.4f}; real-data FD floor "
           f"{np.mean(record['floor']['fd']):.2f} +- {np.std(record['floor']['fd']):.2f}", flush=True)

@@ -72,6 +72,15 @@ def test_a_seed_added_on_its_own_joins_the_scored_seeds_and_a_run_without_its_ch
     assert e.value.code == 2 and runs["cunet_heun_lr0.001_s0"]["evals"] == [{"step": 500, "fd": 9.0}]
 
 
+def test_scores_from_another_feature_classifier_are_not_mixed_with_the_record():
+    record = _record([10.0], [5.0])  # floor FD draws 1, 2, 3
+    same = {"num": 1000, "fd": [1.0, 2.0, 3.0 * (1 + 1e-5)]}  # float noise of the same classifier
+    assert tc.other_feature_space(record, same) == ""
+    assert tc.other_feature_space({}, same) == "" and tc.other_feature_space(record, {**same, "num": 250}) == ""
+    other = {"num": 1000, "fd": [1.0, 2.1, 3.0]}
+    assert "floor FD is 2.0000, here 2.0333" in tc.other_feature_space(record, other)
+
+
 def test_a_ratio_only_where_the_seeds_do_not_overlap(tmp_path):
     record = _record([10.0, 12.0], [5.0, 6.0])
     tc.report(record, tmp_path)
