@@ -397,7 +397,7 @@ def main() -> None:
 
     runs = [Run(a, m, chosen[m], s, record["runs"], mesh, compiled) for s in seeds for m in models]
     record["main_runs"] = main_runs(record, [r.name for r in runs], chosen)
-    sample_seed = {m: min(record["runs"][n]["seed"] for n in record["main_runs"] if record["runs"][n]["model"] == m)
+    files_seed = {m: min(record["runs"][n]["seed"] for n in record["main_runs"] if record["runs"][n]["model"] == m)
                  for m in models}
     if a.retime or set(record.get("step_seconds", {})) != set(models):
         record["step_seconds"] = time_models({m: next(r for r in runs if r.model_name == m) for m in models},
@@ -420,7 +420,7 @@ def main() -> None:
                   "loss": float(np.mean(r.losses[-a.eval_every:])), "eval_seconds": time.perf_counter() - t0}
             r.rec["evals"].append(ev)
             r.rec["losses"] = r.losses
-            if r.seed == sample_seed[r.model_name]:
+            if r.seed == files_seed[r.model_name]:
                 out.mkdir(parents=True, exist_ok=True)
                 np.savez_compressed(out / f"samples_{r.model_name}.npz", images=samples)
                 images.save_grid(samples[:100], out / f"samples_{r.model_name}.png", scale=2)
