@@ -213,13 +213,13 @@ def test_the_readme_and_results_page_quote_the_committed_comparison():
                 assert fd in text and f"{longer['step']:,}" in text
 
 
-def test_the_readme_and_results_page_quote_the_committed_gpu_comparison():
-    results = REPO / "benchmarks" / "results" / "gpu"
-    record = json.loads((results / "train_compare.json").read_text())
+@pytest.mark.parametrize("results_dir", ["gpu", "gpu_h200"])
+def test_the_readme_and_results_page_quote_the_committed_gpu_comparison(results_dir):
+    record = json.loads((REPO / "benchmarks" / "results" / results_dir / "train_compare.json").read_text())
     assert record["machine"].startswith("gpu:")
     s = record["summary"]
     gpu = _readme_paragraph("**The same comparison on one GPU")
     page = " ".join((REPO / "docs" / "results.md").read_text().split())
-    quotes = _fd_quotes(s) + [f"{s['models']['cunet_heun']['fd_ratio_to_unet']:.2f}x"]
+    ratios = [f"{m['fd_ratio_to_unet']:.2f}x" for m in s["models"].values() if m.get("fd_ratio_to_unet")]
     for text in (gpu, page):
-        assert [q for q in quotes if q not in text] == []
+        assert [q for q in _fd_quotes(s) + ratios if q not in text] == []
