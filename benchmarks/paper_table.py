@@ -4,8 +4,9 @@ python benchmarks/paper_table.py [--config configs/celeba64.py] [--batch 16] [--
                                  [--quick] [--out benchmarks/results/paper_table.json]
 
 Per denoiser: parameters; FLOPs of one evaluation (XLA's cost analysis of the
-forward at batch 1 as lowered, before compilation, since a GPU's compiled convolutions
-are library calls that it does not count; on a CPU the two agree within 0.2%; every
+forward at batch 1 as lowered for a CPU, on any machine: a GPU's compiled convolutions
+are library calls that its cost analysis does not count, and a module lowered for a GPU
+reports no count; on a CPU lowered and compiled counts agree within 0.2%; every
 ODE-solver stage included; XLA counts 2 FLOPs per
 multiply-add, the convention of the notes' GFLOP figures: DDPM U-Net 48.4, the
 authors' cU-Net release 5.65); forward latency at --batch (median over --repeats
@@ -53,13 +54,22 @@ REPO = Path(__file__).resolve().parents[1]
 STAGES = {"euler": 1, "heun": 2, "midpoint": 2, "rk4": 4}
 
 
-def cost(lowered) -> dict:
-    """XLA's cost analysis of the lowered (not yet compiled) module: on a GPU the compiled
-    module's convolutions are library calls that its cost analysis does not count."""
-    ca = lowered.cost_analysis()
+def gflop(fn, *args) -> float:
+    """GFLOP of fn(*args) by XLA's cost analysis of its module as lowered for a CPU, whatever
+    devices the arguments are on: a GPU's compiled module leaves its convolutions to library
+    calls that its cost analysis does not count, and its lowered module reports no count."""
+    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    abstract = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=cpu), args)
+    ca = jax.jit(fn).lower(*abstract).cost_analysis()
     if isinstance(ca, (list, tuple)):
         ca = ca[0]
-    return dict(ca or {})
+    return dict(ca or {}).get("flops", float("nan")) / 1e9
+
+
+def config_name(path: str) -> str:
+    """The config's path relative to the repository where it lies inside it, as given otherwise."""
+    p = Path(path).resolve()
+    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else path
 
 
 def memory(compiled) -> int | None:
@@ -129,7 +139,7 @@ def memory_table(configs: dict, a, params_sharding) -> None:
     print(f"\ntraining step memory (XLA memory analysis, MiB), batch {a.batch}, {Path(a.config).name}, "
           f"{jax.device_count()} devices, {machine()}")
     print(markdown_table(["step", "cU-Net", "/ as configured", "DDPM U-Net", "/ as configured", "cU-Net / U-Net"], rows))
-    write_json(a.out, {"config": a.config, "batch": a.batch, "devices": jax.device_count(), "models": rec})
+    write_json(a.out, {"config": config_name(a.config), "batch": a.batch, "devices": jax.device_count(), "models": rec})
 
 
 def main() -> None:
@@ -174,11 +184,9 @@ def main() -> None:
         p = jax.device_put(jax.jit(m.init)(jax.random.key(0), x1, t1)["params"], params_sharding)
         models[name], params[name] = m, p
         tc = time.perf_counter()
-        low = forward(m).lower(p, x1, t1)
-        ca = cost(low)
-        low.compile()
-        rec[name] = {"params": int(sum(v.size for v in jax.tree.leaves(p))), "gflop_per_image": ca.get("flops", float("nan")) / 1e9,
-                     "bytes_accessed_per_image": ca.get("bytes accessed"), "compile_forward_s": time.perf_counter() - tc}
+        forward(m).lower(p, x1, t1).compile()
+        rec[name] = {"params": int(sum(v.size for v in jax.tree.leaves(p))), "gflop_per_image": gflop(forward(m), p, x1, t1),
+                     "compile_forward_s": time.perf_counter() - tc}
         print(f"{name}: {rec[name]['params']:,} params, {rec[name]['gflop_per_image']:.2f} GFLOP/image", flush=True)
 
     # forward latency at --batch and at batch 1, alternated
@@ -226,7 +234,7 @@ def main() -> None:
             comp = low.compile()
             rec[name]["compile_train_step_s"] = time.perf_counter() - tc
             rec[name][f"train_step_peak_bytes_xla_batch{a.batch}"] = memory(comp)
-            rec[name]["train_step_gflop"] = cost(low).get("flops", float("nan")) / 1e9
+            rec[name]["train_step_gflop"] = gflop(make_train_step(m, tx, sched, c), state, xb)
             steps[name] = (lambda f, s, b: lambda: f(s, b)[1]["loss"])(comp, state, xb)
         for name, s in alternated_medians(steps, a.repeats).items():
             rec[name][f"train_step_batch{a.batch}_s"] = s
@@ -265,7 +273,7 @@ def main() -> None:
     print(f"cU-Net nf {c_cu.nf} x {tuple(c_cu.ch_mult)}, {c_cu.solver} x{c_cu.ode_steps}; "
           f"U-Net ch {c_un.ch} x {tuple(c_un.ch_mult)}, {c_un.num_res_blocks} res blocks")
     print(markdown_table(["", "cU-Net", "DDPM U-Net", "cU-Net / U-Net"], table))
-    summary = {"config": str(a.config), "image_size": base.data.image_size, "batch": a.batch, "repeats": a.repeats,
+    summary = {"config": config_name(a.config), "image_size": base.data.image_size, "batch": a.batch, "repeats": a.repeats,
                "quick": a.quick, "devices": jax.device_count(), "models": rec, "ratios": ratios,
                "flop_convention": "XLA cost_analysis flops (2 per multiply-add)"}
     write_json(a.out, {**summary, "solvers": None})  # kept if the solver rows below are cut short
@@ -282,7 +290,7 @@ def main() -> None:
             m = build_denoiser(c.model)
             x1, t1 = inputs(c, 1)
             xb, tb = inputs(c, a.batch)
-            g = cost(forward(m).lower(params["cunet"], x1, t1)).get("flops", float("nan")) / 1e9
+            g = gflop(forward(m), params["cunet"], x1, t1)
             fb = forward(m).lower(params["cunet"], xb, tb).compile()
             fns[(solver, n)] = (lambda f, x, t: lambda: f(params["cunet"], x, t))(fb, xb, tb)
             solver_rec.append({"solver": solver, "ode_steps": n, "evaluations_per_block": STAGES.get(solver, 0) * n,

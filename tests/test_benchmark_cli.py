@@ -3,10 +3,13 @@
 import subprocess
 import sys
 
+import pytest
+
 from helpers import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import nfe_sweep  # noqa: E402
+import paper_table  # noqa: E402
 
 
 def test_the_nfe_sweep_runs_every_sampler_at_each_nfe_and_the_ancestral_reference_only_when_asked():
@@ -25,3 +28,15 @@ def test_denoise_refuses_runs_it_could_not_tell_apart_in_its_table(tmp_path):
     r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "denoise.py")], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 2 and "--workdirs" in r.stderr
+
+
+def test_the_paper_table_counts_flops_on_a_cpu_lowering_with_two_per_multiply_add():
+    import jax
+    import jax.numpy as jnp
+
+    a, b = jnp.ones((64, 32)), jnp.ones((32, 16))
+    assert paper_table.gflop(lambda a, b: a @ b, a, b) * 1e9 == 2 * 64 * 32 * 16
+    conv = lambda x, w: jax.lax.conv(x, w, (1, 1), "SAME")  # NCHW, OIHW
+    # taps that land inside the 8x8 image, per row and column: 8 * 3 less one at each border
+    taps = (8 * 3 - 2) ** 2
+    assert paper_table.gflop(conv, jnp.ones((2, 3, 8, 8)), jnp.ones((4, 3, 3, 3))) * 1e9 == 2 * 2 * 4 * 3 * taps
