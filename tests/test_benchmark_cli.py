@@ -3,7 +3,8 @@
 import subprocess
 import sys
 
-import pytest
+import jax
+import jax.numpy as jnp
 
 from helpers import REPO
 
@@ -31,9 +32,6 @@ def test_denoise_refuses_runs_it_could_not_tell_apart_in_its_table(tmp_path):
 
 
 def test_the_paper_table_counts_flops_on_a_cpu_lowering_with_two_per_multiply_add():
-    import jax
-    import jax.numpy as jnp
-
     a, b = jnp.ones((64, 32)), jnp.ones((32, 16))
     assert paper_table.gflop(lambda a, b: a @ b, a, b) * 1e9 == 2 * 64 * 32 * 16
     conv = lambda x, w: jax.lax.conv(x, w, (1, 1), "SAME")  # NCHW, OIHW
