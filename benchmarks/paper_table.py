@@ -185,8 +185,8 @@ def main() -> None:
         models[name], params[name] = m, p
         tc = time.perf_counter()
         forward(m).lower(p, x1, t1).compile()
-        rec[name] = {"params": int(sum(v.size for v in jax.tree.leaves(p))), "gflop_per_image": gflop(forward(m), p, x1, t1),
-                     "compile_forward_s": time.perf_counter() - tc}
+        rec[name] = {"params": int(sum(v.size for v in jax.tree.leaves(p))), "compile_forward_s": time.perf_counter() - tc,
+                     "gflop_per_image": gflop(forward(m), p, x1, t1)}
         print(f"{name}: {rec[name]['params']:,} params, {rec[name]['gflop_per_image']:.2f} GFLOP/image", flush=True)
 
     # forward latency at --batch and at batch 1, alternated
