@@ -1,5 +1,6 @@
 """The DDPM U-Net of Ho et al. 2020, as in the original release."""
 
+import math
 from typing import Sequence
 
 import flax.linen as nn
@@ -11,15 +12,20 @@ from odediff.models.layers import GroupNorm, LabelEmbed, SelfAttention, TimeMLP
 _zeros = nn.initializers.zeros  # Ho et al. zero-initialise each residual branch's last conv
 
 
+def _group_norm(channels: int) -> GroupNorm:
+    """Ho et al.'s 32 groups, or as many as divide the channels (a U-Net narrower than ch 32)."""
+    return GroupNorm(num_groups=math.gcd(32, channels))
+
+
 class ResBlock(nn.Module):
     out_ch: int
     dropout: float
 
     @nn.compact
     def __call__(self, x: jax.Array, temb: jax.Array, train: bool) -> jax.Array:
-        h = nn.Conv(self.out_ch, (3, 3))(nn.swish(GroupNorm(num_groups=32)(x)))
+        h = nn.Conv(self.out_ch, (3, 3))(nn.swish(_group_norm(x.shape[-1])(x)))
         h = h + nn.Dense(self.out_ch)(nn.swish(temb))[:, None, None, :]
-        h = nn.swish(GroupNorm(num_groups=32)(h))
+        h = nn.swish(_group_norm(self.out_ch)(h))
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
         h = nn.Conv(self.out_ch, (3, 3), kernel_init=_zeros)(h)
         if x.shape[-1] != self.out_ch:
@@ -77,5 +83,5 @@ class UNet(nn.Module):
                 b, hh, ww, c = h.shape
                 h = jax.image.resize(h, (b, 2 * hh, 2 * ww, c), "nearest")
                 h = nn.Conv(c, (3, 3))(h)
-        h = nn.swish(GroupNorm(num_groups=32)(h))
+        h = nn.swish(_group_norm(h.shape[-1])(h))
         return nn.Conv(self.out_channels or x.shape[-1], (3, 3), kernel_init=_zeros)(h)
