@@ -1,6 +1,7 @@
 """The default configuration that every `configs/<name>.py` starts from."""
 
 import importlib.util
+import inspect
 import json
 from pathlib import Path
 from typing import Any, Mapping
@@ -139,15 +140,30 @@ RESUMABLE_KEYS = (
     "training.num_steps", "training.log_every", "training.sample_every",
     "training.checkpoint_every", "training.keep_checkpoints", "sampling.", "data.prefetch", "data.num_workers",
 )
-_CHOICES = {
-    "model.name": ("cunet", "unet"),
-    "model.cunet.field": ("residual", "release"),
-    "diffusion.beta_schedule": ("linear", "cosine", "sigmoid"),
-    "diffusion.prediction": ("eps", "v", "x0"),
-    "training.nonfinite": ("stop", "skip"),
-    "training.compute_dtype": ("float32", "bfloat16"),
-    "data.channels": (1, 3),
-}
+
+
+def choices() -> dict[str, tuple]:
+    """The fields that take one of a fixed set of values, and those values: the denoisers,
+    their ODE solvers, modes, adjoints, norms and fields, and the predictions are the keys
+    of the tables that implement them (fields of model.<name> apply to that denoiser only)."""
+    from odediff.models import DENOISERS
+    from odediff.models.layers import NORMS
+    from odediff.models.ode import ADJOINTS, FIELDS, MODES, SOLVERS
+    from odediff.schedule import PREDICTIONS
+
+    return {
+        "model.name": tuple(DENOISERS),
+        "model.cunet.field": tuple(FIELDS),
+        "model.cunet.solver": tuple(SOLVERS),
+        "model.cunet.ode_mode": tuple(MODES),
+        "model.cunet.adjoint": tuple(ADJOINTS),
+        "model.cunet.norm": tuple(NORMS),
+        "diffusion.beta_schedule": ("linear", "cosine", "sigmoid"),
+        "diffusion.prediction": tuple(PREDICTIONS),
+        "training.nonfinite": ("stop", "skip"),
+        "training.compute_dtype": ("float32", "bfloat16"),
+        "data.channels": (1, 3),
+    }
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -181,9 +197,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     from odediff.models import num_downsamples
 
     flat = flatten(config.to_dict())
-    for key, choices in _CHOICES.items():
-        if flat[key] not in choices:
-            raise ConfigError(f"{key}={flat[key]!r} is not one of {choices}")
+    allowed = choices()
+    for key, values in allowed.items():
+        denoiser = key.split(".")[1] if key.startswith("model.") else None
+        if denoiser in allowed["model.name"] and denoiser != flat["model.name"]:
+            continue  # the sub-config of the denoiser not built
+        if flat[key] not in values:
+            raise ConfigError(f"{key}={flat[key]!r} is not one of {values}")
     mult = config.model[config.model.name].ch_mult
     if not isinstance(mult, tuple) or not mult or not all(isinstance(m, int) and m > 0 for m in mult):
         raise ConfigError(f"model.{config.model.name}.ch_mult={mult!r} must be a tuple of positive integers, e.g. (1,2)")
@@ -219,15 +239,18 @@ def check_sampling(sampling: ml_collections.ConfigDict) -> None:
     s = sampling
     if s.sampler not in SAMPLERS:
         raise ConfigError(f"sampling.sampler={s.sampler!r} is not one of {tuple(SAMPLERS)}")
-    if not isinstance(s.steps, int) or s.steps < 0 or (s.steps == 0 and s.sampler != "ode"):
+    takes = {name: inspect.signature(fn).parameters for name, fn in SAMPLERS.items()}
+    solving = [name for name in SAMPLERS if "solver" in takes[name]]  # the ODE samplers: adaptive with steps 0
+    solves = s.sampler in solving
+    if not isinstance(s.steps, int) or s.steps < 0 or (s.steps == 0 and not solves):
         raise ConfigError(f"sampling.steps={s.steps!r} must be a positive integer (0, adaptive, only with "
-                          f"sampling.sampler=ode)")
-    if s.sampler == "ode" and s.solver not in SOLVERS:
+                          f"sampling.sampler={' or '.join(solving)})")
+    if solves and s.solver not in SOLVERS:
         raise ConfigError(f"sampling.solver={s.solver!r} is not one of {tuple(SOLVERS)}")
-    if s.sampler == "ode" and s.steps == 0 and s.solver not in ADAPTIVE:
+    if solves and s.steps == 0 and s.solver not in ADAPTIVE:
         raise ConfigError(f"sampling.steps=0 (adaptive) needs a solver with an error estimate: "
                           f"sampling.solver one of {tuple(ADAPTIVE)}")
-    spacings = DISCRETE_SPACINGS if s.sampler in ("ancestral", "ddim") else SPACINGS
+    spacings = DISCRETE_SPACINGS if takes[s.sampler]["spacing"].default in DISCRETE_SPACINGS else SPACINGS
     if s.spacing and s.spacing not in spacings:
         raise ConfigError(f"sampling.spacing={s.spacing!r} does not suit sampler {s.sampler!r}: use one of "
                           f"{spacings}, or '' for its default")
