@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +10,7 @@ from helpers import perturbed
 from odediff.config import default_config, load_config_file
 from odediff.models import build_denoiser
 from odediff.models.layers import GroupNorm, softplus
+from odediff.models.ode import ODEBlock, ODESettings
 from odediff.train_state import init_params
 
 
@@ -87,6 +89,23 @@ def test_every_cunet_ode_block_is_time_conditioned():
         assert "time_proj" in params[k] and "field" in params[k]
 
 
+def test_the_cunet_config_fields_become_one_ode_settings_that_every_block_uses():
+    c = _tiny("cunet", solver="heun", ode_steps=3, ode_mode="diffeqsolve", rtol=1e-4, atol=1e-5,
+              adjoint="direct", max_ode_steps=9, remat=True)
+    model = build_denoiser(c.model)
+    assert model.ode == ODESettings("heun", 3, "diffeqsolve", 1e-4, 1e-5, "direct", 9, True)
+    seen = []
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, ODEBlock) and context.method_name == "__call__":
+            seen.append(context.module.ode)
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,), jnp.int32)))
+    assert len(seen) == 2 * len(c.model.cunet.ch_mult) + 1 and set(seen) == {model.ode}
+
+
 def test_cunet_output_differs_when_a_single_block_sees_another_t():
     """Each block's FiLM really reaches the solve: zeroing one block's time projection changes the output."""
     c = _tiny("cunet")
@@ -156,8 +175,6 @@ def test_softplus_matches_float64_reference_and_its_derivative_is_the_sigmoid():
 
 @pytest.mark.parametrize("groups", [1, 8, 32])
 def test_group_norm_matches_flax(groups):
-    import flax.linen as nn
-
     x = 2.0 * jax.random.normal(jax.random.key(0), (3, 8, 8, 32)) + 1.5
     params = {"params": {"scale": jax.random.normal(jax.random.key(1), (32,)), "bias": jnp.arange(32.0)}}
     ours = GroupNorm(num_groups=groups).apply(params, x)

@@ -2,8 +2,8 @@
 
 import ml_collections
 
-from odediff.models.cunet import CUNet
-from odediff.models.ode import SOLVERS, RK4, solve
+from odediff.models.cunet import ODE_CONFIG_FIELDS, CUNet
+from odediff.models.ode import SOLVERS, RK4, ODESettings, solve
 from odediff.models.unet import UNet
 
 DENOISERS = {"cunet": CUNet, "unet": UNet}
@@ -21,6 +21,9 @@ def build_denoiser(model_config: ml_collections.ConfigDict, out_channels: int | 
     if name not in DENOISERS:
         raise ValueError(f"unknown model.name {name!r}: use one of {sorted(DENOISERS)}")
     fields = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in model_config[name].items()}
+    if name == "cunet":
+        fields["ode"] = ODESettings(**{ODE_CONFIG_FIELDS[k]: fields.pop(k) for k in list(fields)
+                                       if k in ODE_CONFIG_FIELDS})
     return DENOISERS[name](out_channels=out_channels, num_classes=model_config.get("num_classes", 0), **fields)
 
 
@@ -30,4 +33,5 @@ def num_downsamples(model_config: ml_collections.ConfigDict) -> int:
     return n if model_config.name == "cunet" else n - 1
 
 
-__all__ = ["CUNet", "UNet", "RK4", "SOLVERS", "DENOISERS", "build_denoiser", "num_downsamples", "solve"]
+__all__ = ["CUNet", "UNet", "RK4", "SOLVERS", "DENOISERS", "ODESettings", "build_denoiser", "num_downsamples",
+           "solve"]

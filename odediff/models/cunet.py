@@ -7,7 +7,13 @@ import jax
 import jax.numpy as jnp
 
 from odediff.models.layers import LabelEmbed, SelfAttention, TimeMLP, make_norm, softplus
-from odediff.models.ode import ODEBlock
+from odediff.models.ode import ODEBlock, ODESettings
+
+# config.model.cunet's names for the ODESettings fields.
+ODE_CONFIG_FIELDS = {
+    "solver": "solver", "ode_steps": "steps", "ode_mode": "mode", "rtol": "rtol", "atol": "atol",
+    "adjoint": "adjoint", "max_ode_steps": "max_steps", "remat": "remat",
+}
 
 
 def _resize(x: jax.Array, factor: float) -> jax.Array:
@@ -20,7 +26,9 @@ class CUNet(nn.Module):
 
     The stem lifts the image to an augmented 2*nf-channel state ([position |
     velocity] in the paper's reading); each block integrates a first-order field on
-    the whole state, which is what the authors' release computes.
+    the whole state, which is what the authors' release computes. Every block is
+    solved as `ode` says; the solver has no params, so the params of one
+    serve a copy with other settings (`odediff.models.with_block_solver`).
     """
 
     nf: int = 16
@@ -31,23 +39,13 @@ class CUNet(nn.Module):
     field: str = "residual"
     num_heads: int = 4
     head_dim: int = 32
-    solver: str = "rk4"
-    ode_steps: int = 1
-    ode_mode: str = "unrolled"
-    rtol: float = 1e-3
-    atol: float = 1e-3
-    adjoint: str = "recursive"
-    max_ode_steps: int = 64
-    remat: bool = False
+    ode: ODESettings = ODESettings()
     stem_norm: bool = False
     num_classes: int = 0
     out_channels: int | None = None
 
     def _block(self, channels: int) -> ODEBlock:
-        return ODEBlock(
-            channels, self.norm, self.field, self.solver, self.ode_steps, self.ode_mode,
-            self.rtol, self.atol, self.adjoint, self.max_ode_steps, self.remat,
-        )
+        return ODEBlock(channels, self.norm, self.field, self.ode)
 
     def _attend(self, h: jax.Array) -> jax.Array:
         if h.shape[1] in self.attn_resolutions:

@@ -1,5 +1,6 @@
 """The ODE block of the continuous U-Net: a vector field solved with diffrax."""
 
+import dataclasses
 from typing import Callable
 
 import diffrax
@@ -45,41 +46,60 @@ ADJOINTS = {
 MODES = ("unrolled", "diffeqsolve")
 
 
+@dataclasses.dataclass(frozen=True)
+class ODESettings:
+    """How an ODE block is solved: `solver` in `steps` fixed steps (0: adaptive, with
+    rtol/atol, diffeqsolve mode only), in `mode` "unrolled" (the steps traced to
+    straight-line code) or "diffeqsolve" (diffrax's loop, with `adjoint` and at most
+    `max_steps` steps); `remat` recomputes the solve's activations in the backward
+    pass instead of storing them. Frozen and hashable: a Flax module attribute."""
+
+    solver: str = "rk4"
+    steps: int = 1
+    mode: str = "unrolled"
+    rtol: float = 1e-3
+    atol: float = 1e-3
+    adjoint: str = "recursive"
+    max_steps: int = 64
+    remat: bool = False
+
+    def __post_init__(self):
+        if self.solver not in SOLVERS:
+            raise ValueError(f"unknown ODE solver {self.solver!r}: use one of {sorted(SOLVERS)}")
+        if self.mode not in MODES:
+            raise ValueError(f"unknown ODE mode {self.mode!r}: use one of {MODES}")
+        if self.adjoint not in ADJOINTS:
+            raise ValueError(f"unknown ODE adjoint {self.adjoint!r}: use one of {sorted(ADJOINTS)}")
+        if self.steps < 0:
+            raise ValueError(f"ode_steps must be >= 0 (0 = adaptive), got {self.steps}")
+        if self.steps == 0 and (self.mode != "diffeqsolve" or self.solver not in ADAPTIVE):
+            raise ValueError(
+                f"adaptive solves (ode_steps=0) need ode_mode='diffeqsolve' and a solver with an "
+                f"error estimate {ADAPTIVE}; got mode {self.mode!r}, solver {self.solver!r}"
+            )
+
+    def replace(self, **changes) -> "ODESettings":
+        """A copy with `changes`, checked like any other."""
+        return dataclasses.replace(self, **changes)
+
+
 def solve(
     field: Callable[[jax.Array, object], jax.Array],
     y0: jax.Array,
     args: object,
-    *,
-    solver: str = "rk4",
-    num_steps: int = 1,
-    mode: str = "unrolled",
-    rtol: float = 1e-3,
-    atol: float = 1e-3,
-    adjoint: str = "recursive",
-    max_steps: int = 64,
+    settings: ODESettings = ODESettings(),
 ) -> jax.Array:
-    """Integrates dy/ds = field(y, args) over s in [0, 1] and returns y(1).
+    """Integrates dy/ds = field(y, args) over s in [0, 1] as `settings` say; returns y(1).
 
-    `num_steps > 0` takes that many fixed steps; `num_steps == 0` is adaptive
-    (rtol/atol, diffeqsolve mode only). "unrolled" traces the steps to straight-line
-    code (Runge-Kutta stages from the diffrax solver's tableau; Euler written out):
-    on XLA:CPU its gradient is many times faster than the same steps inside
-    diffeqsolve's while loop. "diffeqsolve" uses diffrax's loop and adjoints.
+    "unrolled" traces the steps to straight-line code (Runge-Kutta stages from the
+    diffrax solver's tableau; Euler written out): on XLA:CPU its gradient is many
+    times faster than the same steps inside diffeqsolve's while loop. "diffeqsolve"
+    uses diffrax's loop and adjoints.
     """
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown ODE solver {solver!r}: use one of {sorted(SOLVERS)}")
-    if mode not in MODES:
-        raise ValueError(f"unknown ODE mode {mode!r}: use one of {MODES}")
-    if num_steps < 0:
-        raise ValueError(f"ode_steps must be >= 0 (0 = adaptive), got {num_steps}")
-    if num_steps == 0 and (mode != "diffeqsolve" or solver not in ADAPTIVE):
-        raise ValueError(
-            f"adaptive solves (ode_steps=0) need ode_mode='diffeqsolve' and a solver with an "
-            f"error estimate {ADAPTIVE}; got mode {mode!r}, solver {solver!r}"
-        )
+    num_steps = settings.steps
     term = diffrax.ODETerm(lambda s, y, a: field(y, a))
-    impl = SOLVERS[solver]()
-    if mode == "unrolled":
+    impl = SOLVERS[settings.solver]()
+    if settings.mode == "unrolled":
         if isinstance(impl, diffrax.AbstractERK):
             return _unrolled_erk(impl.tableau, field, y0, args, num_steps)
         y = y0  # Euler, the one solver without a tableau; Python-float steps keep y's dtype
@@ -87,14 +107,14 @@ def solve(
             y = y + (1.0 / num_steps) * field(y, args)
         return y
     if num_steps == 0:
-        controller, dt0 = diffrax.PIDController(rtol=rtol, atol=atol), None
+        controller, dt0 = diffrax.PIDController(rtol=settings.rtol, atol=settings.atol), None
     else:
         controller, dt0 = diffrax.ConstantStepSize(), 1.0 / num_steps
     sol = diffrax.diffeqsolve(
         term, impl, 0.0, 1.0, dt0, y0, args,
         stepsize_controller=controller,
-        adjoint=ADJOINTS[adjoint](),
-        max_steps=max(max_steps, num_steps),
+        adjoint=ADJOINTS[settings.adjoint](),
+        max_steps=max(settings.max_steps, num_steps),
         saveat=diffrax.SaveAt(t1=True),
         throw=False,
     )
@@ -162,14 +182,7 @@ class ODEBlock(nn.Module):
     channels: int
     norm: str = "group"
     field: str = "residual"
-    solver: str = "rk4"
-    num_steps: int = 1
-    mode: str = "unrolled"
-    rtol: float = 1e-3
-    atol: float = 1e-3
-    adjoint: str = "recursive"
-    max_steps: int = 64
-    remat: bool = False  # recompute the solve's activations in the backward pass instead of storing them
+    ode: ODESettings = ODESettings()
 
     @nn.compact
     def __call__(self, y: jax.Array, temb: jax.Array) -> jax.Array:
@@ -184,10 +197,6 @@ class ODEBlock(nn.Module):
             return field.apply({"params": p}, state, sc, sh)
 
         def integrate(y, args):
-            return solve(
-                f, y, args,
-                solver=self.solver, num_steps=self.num_steps, mode=self.mode,
-                rtol=self.rtol, atol=self.atol, adjoint=self.adjoint, max_steps=self.max_steps,
-            )
+            return solve(f, y, args, self.ode)
 
-        return (jax.checkpoint(integrate) if self.remat else integrate)(y, (params, scale, shift))
+        return (jax.checkpoint(integrate) if self.ode.remat else integrate)(y, (params, scale, shift))
