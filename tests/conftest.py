@@ -18,6 +18,8 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests/helpers.py
 
 import pytest  # noqa: E402
 
+pytest_plugins = ["pytester", "suite_budget"]
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _compilation_cache(tmp_path_factory):
@@ -34,3 +36,4 @@ def _compilation_cache(tmp_path_factory):
             mp.setenv(name.upper(), str(value))
             jax.config.update(name, value)
         yield
+
