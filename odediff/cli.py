@@ -1,7 +1,11 @@
-"""The command-line programs behind train.py and sample.py: flags, errors, exit codes."""
+"""The command-line programs behind train.py, sample.py and evaluate.py: flags, errors, exit codes.
 
+Exit codes: 0 done; 1 training stopped on a non-finite loss (or an unexpected error);
+2 bad command line or input, nothing changed.
+"""
+
+import difflib
 import importlib.resources
-import re
 import sys
 from pathlib import Path
 
@@ -10,11 +14,23 @@ from absl import flags, logging as absl_logging
 from ml_collections import config_flags
 
 from odediff.checkpoint import CheckpointError
-from odediff.config import ConfigError
+from odediff.config import RENAMED, ConfigError, default_config, flatten
 from odediff.data import DataError
 
 CONFIGS = importlib.resources.files("odediff.configs")  # the repository's configs/, installed with the package
 USAGE_ERRORS = (ConfigError, DataError, CheckpointError, FileExistsError)
+EXIT_CODES = "exit codes: 0 done; 1 an unexpected error; 2 bad command line or input (nothing changed)"
+_CUNET = ("time_embed_dim", "norm", "num_heads", "head_dim", "solver", "ode_steps", "rtol", "atol", "adjoint",
+          "ode_mode", "max_ode_steps")
+# Config fields by their former names, for the command line: old dotted key -> new keys. Besides
+# RENAMED (which saved configs may hold), the fields that moved into model.cunet and model.unet.
+RENAMED_FIELDS: dict[str, tuple[str, ...]] = {
+    **{old: (new,) for old, new in RENAMED.items()},
+    **{f"model.{k}": (f"model.cunet.{k}",) for k in _CUNET},
+    **{f"model.{k}": (f"model.unet.{k}",) for k in ("num_res_blocks", "dropout")},
+    **{f"model.{k}": (f"model.cunet.{k}", f"model.unet.{k}") for k in ("ch_mult", "attn_resolutions")},
+    "model.ch": ("model.cunet.nf", "model.unet.ch"),
+}
 
 
 def program_name(default: str) -> str:
@@ -34,22 +50,81 @@ def _flag_failure(prog: str, e: Exception, argv: list[str]) -> str:
     if isinstance(e, (KeyError, AttributeError)):  # ml_collections: an override names no config field
         while e.args and isinstance(e.args[0], BaseException):
             e = e.args[0]
-        lines = str(e.args[0] if e.args else e).splitlines() or ["?"]
-        key = lines[0].strip("'\"")
-        pattern = re.compile(rf"--?(config|sampling)(\.\w+)*\.{re.escape(key)}(\.|=|$)")
-        where = next((a.split("=")[0] for a in argv if pattern.match(a)), "a --config.* or --sampling.* override")
-        hint = " ".join(lines[1:]).strip()
-        return f"unknown field {key!r} in {where}" + (f": {hint[0].lower()}{hint[1:]}" if hint else "")
+        key = (str(e.args[0] if e.args else e).splitlines() or ["?"])[0].strip("'\"")
+        return unknown_override(argv, key) or f"unknown field {key!r} in a --config.* or --sampling.* override"
     text = str(e).strip()
     return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
 
 
-def parse_flags(prog: str, argv: list[str]) -> list[str]:
-    """absl flag parsing whose every failure is one line on stderr and exit code 2."""
+def unknown_override(argv: list[str], key: str | None = None) -> str | None:
+    """What is wrong with the first --config.<field>=value or --sampling.<field>=value in
+    `argv` that names no config field (preferring one whose unknown name is `key`): the new
+    name of a renamed field, or fields with close names. None if all of them name fields."""
+    fields = flatten(default_config().to_dict())
+    groups = {k.rsplit(".", j)[0] for k in fields for j in range(1, k.count(".") + 1)}
+    problems = []
+    for arg in argv:
+        name = arg.lstrip("-").split("=", 1)[0]
+        root = next((r for r in ("config.", "sampling.") if name.startswith(r)), None)
+        if not arg.startswith("-") or root is None:
+            continue
+        parts = name.removeprefix("config.").split(".")
+        for i in range(1, len(parts) + 1):
+            head = ".".join(parts[:i])
+            if head in fields and i < len(parts):  # a value where a group of fields would be
+                problems.append((parts[i], _unknown_field(arg, root, ".".join(parts[:i + 1]), fields, head)))
+                break
+            if head not in fields and head not in groups:
+                problems.append((parts[i - 1], _unknown_field(arg, root, head, fields)))
+                break
+    return next((message for part, message in problems if part == key), problems[0][1] if problems else None)
+
+
+def _unknown_field(arg: str, root: str, unknown: str, fields: dict, value_at: str | None = None) -> str:
+    """One line for the override `arg`, whose config key is no field from the dotted name
+    `unknown` on (its first part that names nothing)."""
+    flag, _, value = arg.partition("=")
+    leading = flag[: flag.index(root) + len(root)]  # "--config." or "--sampling."
+    dotted = flag[len(leading):] if root == "config." else root + flag[len(leading):]
+    rest = dotted[len(unknown):]
+    as_flag = lambda k: leading + (k if root == "config." else k.removeprefix(root))
+    head = f"unknown field {unknown.rpartition('.')[2]!r} in {flag}"
+    if value_at:
+        return f"{head}: {value_at} is a value, not a group of fields (pass {as_flag(value_at)}={value or '...'})"
+    settable = [k for k in fields if root == "config." or k.startswith(root)]
+    new = [k for k in RENAMED_FIELDS.get(dotted, ()) if k in settable]
+    if new:
+        passed = " or ".join(as_flag(k) + (f"={value}" if value else "") for k in new)
+        return f"{head}: {dotted} was renamed {' or '.join(new)} (pass {passed})"
+    parent, _, leaf = unknown.rpartition(".")
+    inside = [k.removeprefix(f"{parent}.") for k in settable if k.startswith(f"{parent}.")] if parent else settable
+    names = sorted({k.split(".")[0] for k in inside})
+    close = [f"{parent}.{n}" if parent else n for n in difflib.get_close_matches(leaf, names, n=3, cutoff=0.6)]
+    close = close or [k for k in settable if k.rpartition(".")[2] == leaf]  # the name, in another group
+    if close:
+        return f"{head}: did you mean {' or '.join(as_flag(k + rest) for k in close)}?"
+    return f"{head}: the fields of {parent or 'the config'} are {', '.join(names)}"
+
+
+def parse_flags(prog: str, argv: list[str], about: str = "") -> list[str]:
+    """absl flag parsing whose every failure is one line on stderr and exit code 2; with
+    --help, `help_text` and exit code 0."""
+    if any(a in ("-h", "-help", "--help", "--helpshort", "--helpfull") for a in argv[1:]):
+        print(help_text(prog, about))
+        sys.exit(0)
     try:
         return flags.FLAGS(argv)
     except Exception as e:  # flags.Error, or a bad --config.* override
         _fail(prog, _flag_failure(prog, e, argv))
+
+
+def help_text(prog: str, about: str) -> str:
+    """What --help prints: `about` (what the program does, its exit codes) and its own flags,
+    not each config field."""
+    own = sorted((f for f in flags.FLAGS.get_flags_for_module(__name__) if "." not in f.name), key=lambda f: f.name)
+    scalar = lambda f: isinstance(f.default, (int, float, str))
+    lines = [f"  --{f.name}: {f.help}" + (f" (default {f.default!r})" if scalar(f) else "") for f in own]
+    return "\n".join([about.format(prog=prog).strip(), "", "flags:", *lines])
 
 
 def run_main(prog: str, main) -> None:
@@ -95,7 +170,16 @@ def resolve_config_arg(argv: list[str], prog: str = "train.py") -> list[str]:
     return out
 
 
+TRAIN_ABOUT = """Trains a diffusion model, resuming from the newest intact checkpoint in --workdir.
+
+{prog} [--config configs/<name>.py] [--workdir runs/<name>] [--config.<field>=value ...]
+
+exit codes: 0 done; 1 a non-finite loss stopped training, or an unexpected error; 2 bad
+command line or input (nothing changed)."""
+
+
 def define_train_flags(prog: str = "train.py") -> None:
+    """train.py's flags: --config (with its --config.<field>=value overrides), --workdir, ..."""
     sys.argv[:] = resolve_config_arg(sys.argv, prog)
     try:  # without --config, ml_collections applies the --config.* overrides right here
         config_flags.DEFINE_config_file(
@@ -113,6 +197,7 @@ def define_train_flags(prog: str = "train.py") -> None:
 
 
 def train_main(prog: str = "train.py") -> None:
+    """Trains with the parsed flags; a non-finite loss ends it with one line and exit code 1."""
     from odediff import parallel
 
     f = flags.FLAGS
@@ -137,7 +222,7 @@ SHORTHANDS = ("sampler", "steps", "guidance")  # --<name> sets sampling.<name>
 
 def define_sampling_flags(prog: str) -> None:
     """--sampling.<field>=value, overriding the run's saved sampling block, and shorthands."""
-    from odediff.config import default_config
+    from odediff.samplers import SAMPLERS
 
     try:  # ml_collections applies the --sampling.* overrides right here
         config_flags.DEFINE_config_dict(
@@ -145,7 +230,7 @@ def define_sampling_flags(prog: str) -> None:
             "Sampling options; --sampling.<field>=value replaces the run's own (see odediff/config.py).")
     except Exception as e:
         _fail(prog, _flag_failure(prog, e, sys.argv))
-    flags.DEFINE_string("sampler", None, "Shorthand for --sampling.sampler: ancestral | ddim | ode | dpmpp2m.")
+    flags.DEFINE_string("sampler", None, f"Shorthand for --sampling.sampler: {' | '.join(SAMPLERS)}.")
     flags.DEFINE_integer("steps", None, "Shorthand for --sampling.steps; 0 with the ode sampler is adaptive.")
     flags.DEFINE_float("guidance", None, "Shorthand for --sampling.guidance (classifier-free guidance scale).")
 
@@ -169,9 +254,13 @@ def sampling_overrides(argv: list[str]) -> dict:
 
 def parse_labels(spec: str | None, num_classes: int, num: int) -> tuple[np.ndarray | None, int]:
     """--labels: "3", "1,7" or "all" -> (`num` samples of each class listed, class after
-    class; the number of grid columns), or (None, 0) without --labels."""
+    class; the number of grid columns). Without --labels, a class-conditional run's `num`
+    samples go through the classes in turn (as evaluate.py draws them, one grid column per
+    class) and an unconditional run's have none: (None, 0)."""
+    from odediff.generation import class_labels
+
     if not spec:
-        return None, 0
+        return (class_labels(num_classes, num), num_classes if num > num_classes else 0) if num_classes else (None, 0)
     if not num_classes:
         raise ConfigError(f"--labels={spec}: this run's model is unconditional (model.num_classes=0)")
     try:
@@ -184,12 +273,20 @@ def parse_labels(spec: str | None, num_classes: int, num: int) -> tuple[np.ndarr
     return np.repeat(np.asarray(classes, np.int32), num), (num if len(classes) > 1 else 0)
 
 
+SAMPLE_ABOUT = f"""Samples from a trained run's EMA params and writes a grid, the images and the options.
+
+{{prog}} --workdir runs/<name> [--num 64 --sampler ddim --steps 100 --labels all --sampling.<field>=value ...]
+
+{EXIT_CODES}."""
+
+
 def define_sample_flags(prog: str = "sample.py") -> None:
+    """sample.py's flags: --workdir, --num, --labels, --out, ... and the sampling options."""
     flags.DEFINE_string("workdir", None, "Run directory holding checkpoints/.", required=True)
     flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
     flags.DEFINE_integer("num", 64, "Number of samples (per class with --labels).")
     flags.DEFINE_string("labels", None, "Class-conditional runs: a class, a comma list, or 'all' (one grid row "
-                        "per class); default: unconditional samples.")
+                        "per class); default: the classes in turn.")
     flags.DEFINE_integer("seed", 0, "Random seed.")
     flags.DEFINE_string("out", None, "Output prefix: writes <out>.png, <out>.npz and <out>.json (the options) "
                         "(default <workdir>/samples/sample_<step>_<sampler><steps>[_cfg<w>][_class<labels>]"
@@ -198,6 +295,7 @@ def define_sample_flags(prog: str = "sample.py") -> None:
 
 
 def sample_main() -> None:
+    """Draws and writes the samples the parsed flags ask for."""
     from odediff import parallel
     from odediff.generation import describe_sampling, generate, restore_run, with_sampling, write_samples
 
@@ -221,11 +319,62 @@ def sample_main() -> None:
           f"= {num / seconds:.2f} samples/s -> {png}, {npz}, {js}")
 
 
+EVALUATE_ABOUT = f"""Sample quality of a trained run against held-out images.
+
+{{prog}} --workdir runs/<name> [--num 1000 --sampling.sampler=ddim --sampling.steps=100 --batch 250]
+
+Generates --num samples from the run's EMA params (a class-conditional run's going
+through the classes in turn), embeds them and the held-out ("test") split in the
+dataset's feature space (a small classifier trained on the training split for labelled
+grey datasets, reported as "FD (classifier features)"; Inception-v3 with
+--inception_weights for RGB data), prints FD, KID, precision/recall and class
+histograms (and for class-conditional runs the share of samples classified as the
+class asked for), and writes <workdir>/eval_<step>_<sampler><steps>[_cfg<w>].json.
+Sampling options are the run's own, each replaceable with --sampling.<field>=value
+as for sample.py.
+
+{EXIT_CODES}."""
+
+
+def define_evaluate_flags(prog: str = "evaluate.py") -> None:
+    """evaluate.py's flags: --workdir, --num, --batch, the feature space's, and the sampling options."""
+    flags.DEFINE_string("workdir", None, "Run directory holding checkpoints/.", required=True)
+    flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
+    flags.DEFINE_integer("num", 1000, "Number of samples to generate.")
+    flags.DEFINE_integer("num_real", None, "Held-out real images to compare with (default: --num, or all there are).")
+    flags.DEFINE_integer("seed", 0, "Random seed of the samples.")
+    flags.DEFINE_integer("batch", 250, "Samples generated per compiled call.")
+    flags.DEFINE_string("cache_dir", None, "Where the feature classifier is cached "
+                        "(default ~/.cache/odediff, or <workdir>/../.cache if that is not writable).")
+    flags.DEFINE_string("inception_weights", None, "Inception-v3 .npz (odediff.features format) for RGB datasets.")
+    flags.DEFINE_integer("classifier_steps", 1000, "Training steps of the feature classifier (part of its cache key).")
+    define_sampling_flags(prog)
+
+
+def evaluate_main() -> None:
+    """Scores the run the parsed flags name, prints the scores and writes them beside its checkpoints."""
+    from odediff import parallel
+    from odediff.evaluation import evaluate_run, format_metrics
+
+    f = flags.FLAGS
+    parallel.use_cpu_cores(f.batch)
+    result, path = evaluate_run(
+        f.workdir, step=f.step, num=f.num, sampling=sampling_overrides(sys.argv), seed=f.seed,
+        batch=f.batch, cache_dir=f.cache_dir, inception_weights=f.inception_weights,
+        classifier_steps=f.classifier_steps, num_real=f.num_real,
+    )
+    print(f"{result['model']} step {result['step']}, {result['num_samples']} samples ({result['sampling_used']}; "
+          f"{result['nfe']} evaluations, {result['samples_per_second']:.2f} samples/s) "
+          f"vs {result['num_real']} held-out images of {result['data_source']}")
+    print(format_metrics(result))
+    print(f"-> {path}")
+
+
 def train_entry() -> None:
     """The `odediff-train` command (train.py)."""
     prog = program_name("train.py")
     define_train_flags(prog)
-    parse_flags(prog, sys.argv)
+    parse_flags(prog, sys.argv, TRAIN_ABOUT)
     run_main(prog, lambda: train_main(prog))
 
 
@@ -233,5 +382,13 @@ def sample_entry() -> None:
     """The `odediff-sample` command (sample.py)."""
     prog = program_name("sample.py")
     define_sample_flags(prog)
-    parse_flags(prog, sys.argv)
+    parse_flags(prog, sys.argv, SAMPLE_ABOUT)
     run_main(prog, sample_main)
+
+
+def evaluate_entry() -> None:
+    """The `odediff-evaluate` command (evaluate.py)."""
+    prog = program_name("evaluate.py")
+    define_evaluate_flags(prog)
+    parse_flags(prog, sys.argv, EVALUATE_ABOUT)
+    run_main(prog, evaluate_main)

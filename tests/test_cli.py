@@ -74,12 +74,51 @@ def test_config_names_resolve_to_the_shipped_configs_from_any_directory(tmp_path
     assert "config file nope does not exist: pass a path to one, or one of configs/celeba64.py" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["odediff-train", "odediff-sample"])
+@pytest.mark.parametrize("argv,message", [
+    (["--config.training.num_steps=400", "--config.sampling.num_steps=5"],
+     "unknown field 'num_steps' in --config.sampling.num_steps: sampling.num_steps was renamed sampling.steps "
+     "(pass --config.sampling.steps=5)"),
+    (["--sampling.num_steps=5"],
+     "unknown field 'num_steps' in --sampling.num_steps: sampling.num_steps was renamed sampling.steps "
+     "(pass --sampling.steps=5)"),
+    (["--config.model.ch_mult=(1,2)"],
+     "unknown field 'ch_mult' in --config.model.ch_mult: model.ch_mult was renamed model.cunet.ch_mult or "
+     "model.unet.ch_mult (pass --config.model.cunet.ch_mult=(1,2) or --config.model.unet.ch_mult=(1,2))"),
+    (["--config.training.batch_sise=8"],
+     "unknown field 'batch_sise' in --config.training.batch_sise: did you mean --config.training.batch_size?"),
+    (["--config.trainin.batch_size=8"],
+     "unknown field 'trainin' in --config.trainin.batch_size: did you mean --config.training.batch_size?"),
+    (["--config.training.solver=rk4"],
+     "unknown field 'solver' in --config.training.solver: did you mean --config.model.cunet.solver or "
+     "--config.sampling.solver?"),
+    (["--config.data.zzz=1"], "unknown field 'zzz' in --config.data.zzz: the fields of data are channels, data_dir, "
+                              "holdout_fraction, image_size, num_workers, prefetch, random_flip, source"),
+    (["--config.training.batch_size.x=1"], "unknown field 'x' in --config.training.batch_size.x: training.batch_size "
+                                           "is a value, not a group of fields (pass --config.training.batch_size=1)"),
+])
+def test_an_unknown_config_field_names_its_own_flag_and_what_to_pass(argv, message):
+    key = message.split("'")[1]
+    refused = AttributeError(KeyError(f"'{key}'"))  # as ml_collections raises it
+    assert cli._flag_failure("train.py", refused, ["train.py", "--config.model.cunet.nf=4", *argv]) == message
+    assert cli.unknown_override(["train.py", "--config.training.num_steps=400", "--config.model.name=unet"]) is None
+
+
+def test_a_conditional_run_without_labels_draws_the_classes_in_turn():
+    labels, cols = cli.parse_labels(None, 10, 12)
+    assert labels.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1] and cols == 10
+    labels, cols = cli.parse_labels(None, 10, 2)
+    assert labels.tolist() == [0, 1] and labels.dtype == np.int32 and cols == 0
+    assert cli.parse_labels(None, 0, 2) == (None, 0)  # an unconditional run
+    labels, cols = cli.parse_labels("3,1", 10, 2)
+    assert labels.tolist() == [3, 3, 1, 1] and cols == 2
+
+
+@pytest.mark.parametrize("command", ["odediff-train", "odediff-sample", "odediff-evaluate"])
 def test_the_installed_commands_name_themselves_in_their_errors(command, tmp_path):
     exe = Path(sys.executable).with_name(command)
     if not exe.exists():
         pytest.skip(f"{command} is not installed next to {sys.executable} (pip install -e .)")
-    arg = "--config=nope" if command == "odediff-train" else f"--workdir={tmp_path / 'none'}"
+    arg = "--config=nope" if command == "odediff-train" else f"--workdir={tmp_path / 'none'}"  # no run there
     proc = subprocess.run([str(exe), arg], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.startswith(f"{command}: error: "), proc.stderr
 
@@ -96,6 +135,12 @@ def test_conditional_run_samples_by_class_with_every_sampler_option_from_the_com
     assert record["nfe"] == 2 * 19 + 1 and record["labels"] == [c for c in range(10) for _ in range(2)]
     saved = np.load(out.with_suffix(".npz"))
     assert saved["images"].shape == (20, 8, 8, 1) and saved["labels"].tolist() == record["labels"]
+
+    # without --labels (sampling.guidance is 2 in this config), the classes in turn
+    proc = _ok(run("sample.py", f"--workdir={wd}", "--num=3", f"--out={out}_default"))
+    assert "guidance=2" in proc.stdout
+    record = json.loads(Path(f"{out}_default.json").read_text())
+    assert record["labels"] == [0, 1, 2] and np.load(f"{out}_default.npz")["images"].shape == (3, 8, 8, 1)
 
     for args, message in [
         (["--labels=11"], "classes [11] are not in [0, 10)"),

@@ -353,8 +353,9 @@ def existing(reference, tmp_path_factory) -> Path:
 
 BAD_TRAIN = {
     "unknown config file": (["--config=configs/nope.py"], 1, r"config file configs/nope.py does not exist: pass a path to one, or one of"),
-    "unknown config key": (["--config.training.batch_sise=8"], 1,
-                           r"unknown field 'batch_sise' in --config.training.batch_sise: did you mean"),
+    "renamed config key": (["--config.sampling.num_steps=5"], 1,  # after --config.training.num_steps in ARGS
+                           r"unknown field 'num_steps' in --config.sampling.num_steps: sampling.num_steps was renamed "
+                           r"sampling.steps \(pass --config.sampling.steps=5\)"),
     "wrong type": (["--config.training.batch_size=abc"], 1, r"--config.training.batch_size=abc: invalid literal for int"),
     "unknown dataset": (["--config.data.source=imagenet"], 1, r"data.source='imagenet' is not known: use one of"),
     "missing source path": (["--config.data.source=npz:/nonexistent/x.npz"], 1, r"npz:/nonexistent/x.npz does not exist"),
