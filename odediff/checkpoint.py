@@ -70,10 +70,12 @@ class Checkpointer:
         return sorted(self._manager.all_steps())
 
     def save(self, step: int, state: Any, meta: dict, *, force: bool = False) -> None:
-        """Starts an asynchronous save, with a checksum of the state in the record; every
-        process must call it. The checksum is computed where the state lives and only
-        its 4 bytes come to the host: no copy of the state blocks the training loop."""
-        meta = {**meta, "state_checksum": int(parallel.to_host(state_checksum(state)))}
+        """Starts an asynchronous save, with checksums of the state (and of its EMA params)
+        in the record; every process must call it. The checksums are computed where the
+        state lives and only their 8 bytes come to the host: no copy of the state blocks
+        the training loop."""
+        full, ema = (int(c) for c in parallel.to_host(_save_checksums(state)))
+        meta = {**meta, "state_checksum": full, "ema_params_checksum": ema}
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         self._manager.save(step, args=args, force=force)
 
@@ -87,7 +89,7 @@ class Checkpointer:
         )
         _drop_failed_read_aftermath()
         try:
-            _check_fits(self._manager.item_metadata(step)["state"], abstract_state)
+            _check_fits(self._manager.item_metadata(step)["state"], abstract_state.params)
             out = self._manager.restore(step, args=args)
         except CheckpointError:
             raise
@@ -99,11 +101,36 @@ class Checkpointer:
             intact = int(parallel.to_host(state_checksum(state))) == meta["state_checksum"]
         else:  # written before the checksum moved to the devices
             intact = "state_crc32" not in meta or _crc32(leaves) == meta["state_crc32"]
-        if not intact:
-            raise CheckpointError("its arrays differ from the checksum saved with them: the files are corrupted")
-        if not all(np.isfinite(a).all() for a in leaves if np.issubdtype(a.dtype, np.floating)):
-            raise CheckpointError("it holds non-finite values")
+        _check_arrays(leaves, intact)
         return state, meta
+
+    def restore_ema_params(self, step: int, abstract_params: Any) -> Any:
+        """The EMA params at `step` alone, shaped and sharded like `abstract_params`, without
+        reading the rest of the state. Raises CheckpointError as `restore` does, and for a
+        checkpoint saved before the EMA params had a checksum of their own (restore those
+        with `restore`)."""
+        meta = self.read_meta(step)
+        check_format(meta, f"checkpoint step {step} in {self.directory}")
+        if "ema_params_checksum" not in meta:
+            raise CheckpointError("its record has no checksum of the EMA params alone: restore the whole state")
+        item = {"ema_params": abstract_params}
+        args = ocp.args.PyTreeRestore(item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                                      partial_restore=True)
+        _drop_failed_read_aftermath()
+        try:
+            stored = self._manager.item_metadata(step)["state"]
+            if stored is None:  # the arrays alone might still read, but the step is damaged
+                raise CheckpointError("its files cannot be read (the state's metadata is missing)")
+            _check_fits(stored, abstract_params, "ema_params.")
+            with ocp.PyTreeCheckpointer() as reader:
+                params = reader.restore(self.directory / str(step) / "state", args=args)["ema_params"]
+        except CheckpointError:
+            raise
+        except Exception as e:  # missing or truncated files, unreadable metadata
+            raise CheckpointError(f"its files cannot be read ({_one_line(e)})") from e
+        _check_arrays(_host_leaves(params),
+                      int(parallel.to_host(state_checksum(params))) == meta["ema_params_checksum"])
+        return params
 
     def read_meta(self, step: int) -> dict:
         """The JSON record alone (config and step), without touching the arrays."""
@@ -212,6 +239,20 @@ def state_checksum(state: Any) -> jax.Array:
     return jnp.sum(_mix(_mix(words) ^ salt), dtype=jnp.uint32)
 
 
+@jax.jit
+def _save_checksums(state: Any) -> jax.Array:
+    """`state_checksum` of a train state and of its EMA params, uint32 (2,)."""
+    return jnp.stack([state_checksum(state), state_checksum(state.ema_params)])
+
+
+def _check_arrays(leaves: list[np.ndarray], intact: bool) -> None:
+    """Raises CheckpointError for restored arrays that fail their checksum or are not finite."""
+    if not intact:
+        raise CheckpointError("its arrays differ from the checksum saved with them: the files are corrupted")
+    if not all(np.isfinite(a).all() for a in leaves if np.issubdtype(a.dtype, np.floating)):
+        raise CheckpointError("it holds non-finite values")
+
+
 def _crc32(leaves: list[np.ndarray]) -> int:
     """The host checksum that checkpoints written before `state_checksum` carry."""
     crc = 0
@@ -220,15 +261,16 @@ def _crc32(leaves: list[np.ndarray]) -> int:
     return crc
 
 
-def _check_fits(stored: Any, abstract_state: Any) -> None:
-    """Raises CheckpointError when the saved params have other names or shapes than the
-    model built from the config would have (a config edited or copied from another run)."""
+def _check_fits(stored: Any, abstract_params: Any, prefix: str = "params.") -> None:
+    """Raises CheckpointError when the saved params under `prefix` have other names or
+    shapes than `abstract_params`, those of the model built from the config (a config
+    edited or copied from another run)."""
     if stored is None:  # no readable state metadata: restore will say why
         return
-    on_disk = {m.name.removeprefix("params."): tuple(m.shape) for m in jax.tree.leaves(stored)
-               if m.name.startswith("params.")}
+    on_disk = {m.name.removeprefix(prefix): tuple(m.shape) for m in jax.tree.leaves(stored)
+               if m.name.startswith(prefix)}
     wanted = {".".join(str(k.key) for k in path): tuple(leaf.shape)
-              for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_state.params)[0]}
+              for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
     if on_disk == wanted:
         return
     missing, extra = sorted(set(wanted) - set(on_disk)), sorted(set(on_disk) - set(wanted))

@@ -17,7 +17,7 @@ from odediff.config import ConfigError, check_sampling, complete_config
 from odediff.models import build_denoiser
 from odediff.samplers import SAMPLERS, sample
 from odediff.schedule import Schedule, make_schedule
-from odediff.train_state import abstract_train_state, make_optimizer
+from odediff.train_state import abstract_train_state, init_params, make_optimizer
 
 
 def input_shape(config: ml_collections.ConfigDict, batch: int) -> tuple[int, int, int, int]:
@@ -130,16 +130,21 @@ def restore_run(workdir: str | Path, step: int | None = None) -> tuple[ml_collec
         meta = ckpt.read_meta(step)
         check_format(meta, f"checkpoint step {step} in {ckpt.directory}")
         config = complete_config(meta["config"])
-        abstract = abstract_train_state(build_denoiser(config.model), make_optimizer(config.training), config,
-                                        parallel.replicated(parallel.make_mesh()))
-        state, _ = ckpt.restore(step, abstract)
+        model, sharding = build_denoiser(config.model), parallel.replicated(parallel.make_mesh())
+        if "ema_params_checksum" in meta:
+            shapes = jax.eval_shape(lambda k: init_params(model, config, k), jax.random.key(0))
+            params = ckpt.restore_ema_params(
+                step, jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes))
+        else:  # saved before the EMA params had a checksum of their own: checked with the whole state
+            abstract = abstract_train_state(model, make_optimizer(config.training), config, sharding)
+            params = ckpt.restore(step, abstract)[0].ema_params
     except FormatError:
         raise
     except CheckpointError as e:
         raise CheckpointError(f"checkpoint step {step} in {ckpt.directory} is unusable: {e}") from e
     finally:
         ckpt.close()
-    return config, state.ema_params, step
+    return config, params, step
 
 
 def generate(

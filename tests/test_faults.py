@@ -182,7 +182,7 @@ def _alter_an_array(step_dir: Path) -> None:
     """Rewrites one array in place with other, well-formed values: damage that reads fine."""
     import tensorstore as ts
 
-    kvstore = {"driver": "ocdbt", "base": f"file://{step_dir}/state/", "path": "params.Conv_0.bias/"}
+    kvstore = {"driver": "ocdbt", "base": f"file://{step_dir}/state/", "path": "ema_params.Conv_0.bias/"}
     array = ts.open({"driver": "zarr", "kvstore": kvstore}).result()
     array.write(array.read().result() + np.float32(1)).result()
 
@@ -230,6 +230,26 @@ def test_a_half_written_step_is_ignored_and_removed(reference, tmp_path, caplog)
     ckpt.close()
     assert f"removing {unfinished}: a save that never finished" in caplog.text
     assert not unfinished.exists()
+
+
+def test_restore_run_reads_the_ema_params_alone_and_older_checkpoints_whole(reference, tmp_path, monkeypatch):
+    import odediff.generation
+
+    ema = _state(reference, N).ema_params
+    with monkeypatch.context() as m:
+        m.setattr(odediff.generation, "make_optimizer", lambda *a, **k: pytest.fail("an optimizer was built"))
+        config, params, step = restore_run(reference)
+    assert step == N and config.model.cunet.nf == 4
+    _assert_bitwise_equal(params, ema)
+
+    # a checkpoint saved before the EMA params had a checksum of their own: restored whole, as before
+    workdir = tmp_path / "run"
+    shutil.copytree(reference, workdir)
+    meta = workdir / "checkpoints" / str(N) / "meta" / "metadata"
+    record = json.loads(meta.read_text())
+    del record["ema_params_checksum"]
+    meta.write_text(json.dumps(record))
+    _assert_bitwise_equal(restore_run(workdir)[1], ema)
 
 
 def test_cli_reports_a_damaged_checkpoint_and_training_resumes_before_it(reference, tmp_path):
