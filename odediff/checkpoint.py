@@ -1,5 +1,6 @@
 """Orbax checkpoints under <workdir>/checkpoints: train state plus a JSON record (config, step, format version)."""
 
+import errno
 import logging
 import os
 import shutil
@@ -30,6 +31,10 @@ class CheckpointError(RuntimeError):
 
 class FormatError(CheckpointError):
     """A checkpoint written in another format version: intact, but not for this odediff."""
+
+
+class DiskFullError(RuntimeError):
+    """The disk filled up while a checkpoint was saved; the checkpoints saved before are intact."""
 
 
 def check_format(meta: dict, where: str) -> None:
@@ -65,6 +70,10 @@ class Checkpointer:
                 shutil.rmtree(tmp)
         handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+        self._closed = False
+        self._state_bytes = 0
+        if not read_only:
+            _drop_disk_full_logs()
 
     def steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
@@ -73,11 +82,17 @@ class Checkpointer:
         """Starts an asynchronous save, with checksums of the state (and of its EMA params)
         in the record; every process must call it. The checksums are computed where the
         state lives and only their 8 bytes come to the host: no copy of the state blocks
-        the training loop."""
+        the training loop. Raises DiskFullError when the disk fills up during this save or
+        the one before."""
         full, ema = (int(c) for c in parallel.to_host(_save_checksums(state)))
         meta = {**meta, "state_checksum": full, "ema_params_checksum": ema}
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-        self._manager.save(step, args=args, force=force)
+        self._state_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(state))
+        try:
+            self._manager.save(step, args=args, force=force)
+        except Exception as e:
+            self._raise_if_disk_full(e)
+            raise
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
         """The state at `step`, shaped and sharded like `abstract_state`, and its JSON record.
@@ -87,7 +102,7 @@ class Checkpointer:
         args = ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
         )
-        _drop_failed_read_aftermath()
+        _drop_failed_io_aftermath()
         try:
             _check_fits(self._manager.item_metadata(step)["state"], abstract_state.params)
             out = self._manager.restore(step, args=args)
@@ -116,7 +131,7 @@ class Checkpointer:
         item = {"ema_params": abstract_params}
         args = ocp.args.PyTreeRestore(item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
                                       partial_restore=True)
-        _drop_failed_read_aftermath()
+        _drop_failed_io_aftermath()
         try:
             stored = self._manager.item_metadata(step)["state"]
             if stored is None:  # the arrays alone might still read, but the step is damaged
@@ -135,7 +150,7 @@ class Checkpointer:
     def read_meta(self, step: int) -> dict:
         """The JSON record alone (config and step), without touching the arrays."""
         self._check_committed(step)
-        _drop_failed_read_aftermath()
+        _drop_failed_io_aftermath()
         try:
             out = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         except Exception as e:
@@ -179,28 +194,105 @@ class Checkpointer:
         self._manager.reload()
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
+        """Finishes the saves in flight (DiskFullError if the disk filled up) and closes."""
+        if self._closed:
+            return
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:
+            self._raise_if_disk_full(e)
+            raise
         self._manager.close()
+        self._closed = True
+
+    def _raise_if_disk_full(self, e: Exception) -> None:
+        """Raises DiskFullError in place of `e` where `e` is a disk that filled up, after
+        closing orbax and removing the unfinished save (the finished steps stay as they are)."""
+        if not _disk_full(e):
+            return
+        self._closed = True
+        _drop_failed_io_aftermath()
+        try:
+            self._manager.close()  # each failed save raises once, so this waits for the rest
+        except Exception:
+            pass
+        if jax.process_index() == 0:
+            for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
+                shutil.rmtree(tmp, ignore_errors=True)
+        intact = sorted(int(p.name) for p in self.directory.iterdir()
+                        if p.name.isdigit() and (p / COMMIT_FILE).is_file())
+        newest = self.directory / str(intact[-1]) if intact else None
+        on_disk = sum(f.stat().st_size for f in newest.rglob("*") if f.is_file()) if newest else 0
+        needed = max(self._state_bytes, on_disk)  # a small state's files hold more than its arrays
+        free = shutil.disk_usage(self.directory).free
+        resume = (f"run the same command to resume from step {intact[-1]}, the newest checkpoint, which is intact"
+                  if intact else "run the same command to start again")
+        raise DiskFullError(
+            f"the disk holding {self.directory.parent} filled up while a checkpoint was saved: a checkpoint "
+            f"takes about {_size(needed)} and {_size(free)} are free there; free some space or move "
+            f"the run to a larger disk, then {resume}") from None
 
 
-def _drop_failed_read_aftermath() -> None:
-    """When one read of a restore fails, the others end on their own: tensorstore's
-    callbacks find orbax's event loop closed ('RuntimeError: Event loop is closed') and
-    orbax's read coroutines are collected with their errors unretrieved. Each would print
-    a traceback through `sys.unraisablehook` around our one-line error; this process
-    drops those, and only those, once it has started a restore."""
+def _disk_full(e: BaseException | None) -> bool:
+    """Whether `e`, or an error it was raised from, is a full disk (or quota): an OSError
+    ENOSPC or EDQUOT, or tensorstore's RESOURCE_EXHAUSTED that orbax raises for one."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(e)
+        if any(s in text for s in ("No space left on device", "Disk quota exceeded", "os_error_code='28'")):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _drop_disk_full_logs() -> None:
+    """Orbax logs each failed write of a save, with its traceback, from the threads that
+    write: a full disk prints dozens of them before the save's error reaches
+    `Checkpointer`, which turns it into one DiskFullError. This process drops those
+    records, and only those."""
+    logger = logging.getLogger("absl")
+    if any(getattr(f, "drops_disk_full", False) for f in logger.filters):
+        return
+
+    def keep(record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (_disk_full(error) or _disk_full(Exception(record.getMessage())))
+
+    keep.drops_disk_full = True
+    logger.addFilter(keep)
+
+
+def _size(num_bytes: float) -> str:
+    """A byte count for a reader: 512 bytes, 3.4 MB, 1.2 GB."""
+    unit = "bytes"
+    for bigger in ("KB", "MB", "GB", "TB"):
+        if num_bytes < 1000:
+            break
+        num_bytes, unit = num_bytes / 1000, bigger
+    return f"{num_bytes:.0f} bytes" if unit == "bytes" else f"{num_bytes:.1f} {unit}"
+
+
+def _drop_failed_io_aftermath() -> None:
+    """When one read of a restore (or write of a save) fails, the others end on their own:
+    tensorstore's callbacks find orbax's event loop closed ('RuntimeError: Event loop is
+    closed') and orbax's coroutines are collected with their errors unretrieved. Each
+    would print a traceback through `sys.unraisablehook` around our one-line error; this
+    process drops those, and only those, once it has started a restore or seen a save fail."""
     previous = sys.unraisablehook
-    if getattr(previous, "drops_failed_read_aftermath", False):
+    if getattr(previous, "drops_failed_io_aftermath", False):
         return
 
     def hook(unraisable):
         e, code = unraisable.exc_value, getattr(unraisable.object, "cr_code", None)
         closed_loop = isinstance(e, RuntimeError) and str(e) == "Event loop is closed"
-        orbax_read = code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
-        if not (closed_loop or orbax_read):
+        orbax_io = code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+        if not (closed_loop or orbax_io):
             previous(unraisable)
 
-    hook.drops_failed_read_aftermath = True
+    hook.drops_failed_io_aftermath = True
     sys.unraisablehook = hook
 
 

@@ -1,7 +1,8 @@
 """The command-line programs behind train.py, sample.py and evaluate.py: flags, errors, exit codes.
 
 Exit codes: 0 done; 1 training stopped on a non-finite loss (or an unexpected error);
-2 bad command line or input, nothing changed.
+2 bad command line or input, nothing changed; 3 the disk filled up while a checkpoint
+was saved (the checkpoints saved before are intact: free space and run the command again).
 """
 
 import difflib
@@ -13,7 +14,7 @@ import numpy as np
 from absl import flags, logging as absl_logging
 from ml_collections import config_flags
 
-from odediff.checkpoint import CheckpointError
+from odediff.checkpoint import CheckpointError, DiskFullError
 from odediff.config import RENAMED, ConfigError, default_config, flatten
 from odediff.data import DataError
 
@@ -128,12 +129,15 @@ def help_text(prog: str, about: str) -> str:
 
 
 def run_main(prog: str, main) -> None:
-    """Runs `main()`, turning the errors a user can fix into one line and exit code 2."""
+    """Runs `main()`, turning the errors a user can fix into one line and exit code 2, and
+    a disk that filled up while a checkpoint was saved into one line and exit code 3."""
     absl_logging.set_verbosity(absl_logging.ERROR)  # libraries' absl warnings are noise to a user
     try:
         main()
     except USAGE_ERRORS as e:
         _fail(prog, str(e))
+    except DiskFullError as e:
+        _fail(prog, str(e), code=3)
 
 
 # ---------------------------------------------------------------------------- train.py
@@ -175,7 +179,8 @@ TRAIN_ABOUT = """Trains a diffusion model, resuming from the newest intact check
 {prog} [--config configs/<name>.py] [--workdir runs/<name>] [--config.<field>=value ...]
 
 exit codes: 0 done; 1 a non-finite loss stopped training, or an unexpected error; 2 bad
-command line or input (nothing changed)."""
+command line or input (nothing changed); 3 the disk filled up while a checkpoint was saved
+(the ones saved before are intact: free space and run the same command again)."""
 
 
 def define_train_flags(prog: str = "train.py") -> None:

@@ -1,5 +1,6 @@
 """Fault injection, end to end: kills, preemption, damaged checkpoints, NaNs and bad input."""
 
+import errno
 import hashlib
 import json
 import logging
@@ -19,8 +20,8 @@ import numpy as np
 import pytest
 
 from helpers import REPO, TINY, run, tiny_config
-from odediff import parallel
-from odediff.checkpoint import CheckpointError, Checkpointer, FormatError, state_checksum
+from odediff import cli, parallel
+from odediff.checkpoint import CheckpointError, Checkpointer, FormatError, _disk_full, state_checksum
 from odediff.generation import restore_run
 from odediff.models import build_denoiser
 from odediff.train_state import abstract_train_state, make_optimizer
@@ -271,7 +272,7 @@ def test_only_the_aftermath_of_a_failed_read_is_silenced(monkeypatch):
     coroutines with unretrieved errors; those tracebacks are dropped, nothing else is."""
     from types import SimpleNamespace
 
-    from odediff.checkpoint import _drop_failed_read_aftermath
+    from odediff.checkpoint import _drop_failed_io_aftermath
 
     def coroutine_from(path):
         scope = {}
@@ -280,8 +281,8 @@ def test_only_the_aftermath_of_a_failed_read_is_silenced(monkeypatch):
 
     seen = []
     monkeypatch.setattr(sys, "unraisablehook", seen.append)
-    _drop_failed_read_aftermath()
-    _drop_failed_read_aftermath()  # idempotent: one filter, not two
+    _drop_failed_io_aftermath()
+    _drop_failed_io_aftermath()  # idempotent: one filter, not two
     orbax_read = coroutine_from(os.path.join("site-packages", "orbax", "checkpoint", "serialization.py"))
     other = coroutine_from(os.path.join("site-packages", "mylib", "io.py"))
     try:
@@ -295,6 +296,67 @@ def test_only_the_aftermath_of_a_failed_read_is_silenced(monkeypatch):
         orbax_read.close()
         other.close()
     assert seen == kept
+
+
+# ---------------------------------------------------------------------------- a full disk
+
+NO_SPACE = ('RESOURCE_EXHAUSTED: Error writing local file "{dir}/4.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/'
+            '_sharding": Failed writing: "{dir}/4.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/_sharding.__lock": '
+            "Failed to write 55714 bytes to file 15: No space left on device [os_error_code='28']")
+
+
+@pytest.mark.parametrize("error,full", [
+    (ValueError(NO_SPACE.format(dir="/x")), True),  # what orbax raises from tensorstore
+    (OSError(errno.ENOSPC, "No space left on device"), True),
+    (OSError(errno.EDQUOT, "Disk quota exceeded"), True),
+    (ValueError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.2 GiB"), False),
+    (OSError(errno.EACCES, "Permission denied"), False),
+])
+def test_a_full_disk_is_told_from_other_errors(error, full):
+    try:
+        try:
+            raise error
+        except Exception as e:
+            raise RuntimeError("Save Finalize thread failed") from e
+    except RuntimeError as wrapped:
+        assert _disk_full(wrapped) is full
+
+
+def test_a_disk_that_fills_up_during_a_save_is_one_line_and_exit_3_and_the_checkpoint_before_is_intact(
+        tmp_path, monkeypatch, capsys, caplog):
+    import orbax.checkpoint as ocp
+    from absl import logging as absl_logging
+
+    from odediff.training import train_and_evaluate
+
+    workdir = tmp_path / "run"
+    config = tiny_config()
+    config.training.num_steps = 4
+    real_save = ocp.CheckpointManager.save
+
+    def save(self, step, *args, **kwargs):  # step 2 saves, step 4 finds the disk full
+        if step < 4:
+            return real_save(self, step, *args, **kwargs)
+        (workdir / "checkpoints" / "4.orbax-checkpoint-tmp").mkdir()
+        error = ValueError(NO_SPACE.format(dir=workdir / "checkpoints"))
+        absl_logging.error("[thread=array_type_handler] _SignalingThread.run() raised an exception: %s", error)
+        absl_logging.error("an error of something else")
+        raise error
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+    with caplog.at_level(logging.ERROR, logger="absl"), pytest.raises(SystemExit) as stop:
+        cli.run_main("train.py", lambda: train_and_evaluate(config, workdir))
+    assert stop.value.code == 3
+    lines = [line for line in capsys.readouterr().err.splitlines() if line and not re.search(r"\d+%\|", line)]
+    assert len(lines) == 1, lines
+    assert re.fullmatch(
+        rf"train.py: error: the disk holding {re.escape(str(workdir))} filled up while a checkpoint was saved: a "
+        r"checkpoint takes about [\d.]+ (KB|MB) and [\d.]+ (KB|MB|GB|TB) are free there; free some space or move "
+        r"the run to a larger disk, then run the same command to resume from step 2, the newest checkpoint, "
+        r"which is intact", lines[0]), lines[0]
+    assert "an error of something else" in caplog.text and "No space left" not in caplog.text
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2"]  # the unfinished save is gone
+    assert int(_state(workdir, 2).step) == 2  # intact: restored with its checksum
 
 
 # ---------------------------------------------------------------------------- NaN and inf
