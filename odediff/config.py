@@ -94,6 +94,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.sampling.clip = ml_collections.config_dict.placeholder(bool)  # clip x0 estimates; None: sampler default
     c.sampling.continuous_t = False  # ode, dpmpp2m: the model gets float t between grid steps
     c.sampling.guidance = 0.0  # classifier-free guidance w: eps = (1 + w) eps(x, c) - w eps(x, null)
+    c.sampling.block_solver = ""  # cunet: solve every ODE block with this solver; "": the model's own
+    c.sampling.block_steps = 0  # cunet: fixed steps per ODE block; 0: the model's own
     c.sampling.num_samples = 64  # the grids written during training
     return c
 
@@ -256,6 +258,12 @@ def check_sampling(sampling: ml_collections.ConfigDict) -> None:
                           f"{spacings}, or '' for its default")
     if s.guidance < 0:
         raise ConfigError(f"sampling.guidance={s.guidance!r} must not be negative")
+    if (s.get("block_solver") or "") not in ("",) + tuple(SOLVERS):
+        raise ConfigError(f"sampling.block_solver={s.block_solver!r} is not one of {tuple(SOLVERS)}, or '' for "
+                          f"the model's own")
+    steps = s.get("block_steps") or 0
+    if not isinstance(steps, int) or steps < 0:
+        raise ConfigError(f"sampling.block_steps={steps!r} must be a non-negative integer (0: the model's own)")
 
 
 def load_config_file(path: str | Path) -> ml_collections.ConfigDict:

@@ -14,7 +14,7 @@ import numpy as np
 from odediff import data, images, parallel
 from odediff.checkpoint import CheckpointError, Checkpointer, FormatError, check_format, checkpoint_dir
 from odediff.config import ConfigError, check_sampling, complete_config
-from odediff.models import build_denoiser
+from odediff.models import build_denoiser, with_block_solver
 from odediff.samplers import SAMPLERS, sample
 from odediff.schedule import Schedule, make_schedule
 from odediff.train_state import abstract_train_state, init_params, make_optimizer
@@ -37,6 +37,7 @@ def sampling_options(sampling: ml_collections.ConfigDict) -> dict:
 def describe_sampling(sampling: ml_collections.ConfigDict) -> str:
     """The sampler and the options it is given, e.g. "ode steps=20 solver=heun"."""
     parts = [sampling.sampler, f"steps={sampling.steps}"] + [f"{k}={v}" for k, v in sampling_options(sampling).items()]
+    parts += [f"{k}={sampling[k]}" for k in ("block_solver", "block_steps") if sampling.get(k)]
     return " ".join(parts + ([f"guidance={sampling.guidance:g}"] if sampling.guidance else []))
 
 
@@ -51,6 +52,26 @@ def with_sampling(config: ml_collections.ConfigDict, **fields) -> ml_collections
     return config
 
 
+def sampling_model(model, config: ml_collections.ConfigDict):
+    """`model` as `config.sampling` has it solved: a cU-Net's ODE blocks with
+    `sampling.block_solver` in `sampling.block_steps` steps where set (same params).
+    ConfigError, one line, where they are set for a U-Net or cannot be used."""
+    solver, steps = config.sampling.get("block_solver") or "", config.sampling.get("block_steps") or 0
+    if not solver and not steps:
+        return model
+    given = f"sampling.block_solver={solver!r}, sampling.block_steps={steps}"
+    if config.model.name != "cunet":
+        raise ConfigError(f"{given}: these apply to cU-Nets only (model.name=cunet), and this model is a "
+                          f"{config.model.name}; leave them unset")
+    if not steps and not model.ode.steps:
+        raise ConfigError(f"{given}: the model solves its blocks adaptively, so the block solver needs "
+                          f"sampling.block_steps > 0")
+    try:
+        return with_block_solver(model, solver, steps)
+    except ValueError as e:
+        raise ConfigError(f"{given}: {e}") from None
+
+
 def class_labels(num_classes: int, num: int) -> np.ndarray:
     """`num` labels cycling through the classes, (0, 1, ..., K-1, 0, 1, ...)."""
     return (np.arange(num) % num_classes).astype(np.int32)
@@ -59,7 +80,8 @@ def class_labels(num_classes: int, num: int) -> np.ndarray:
 def make_sample_fn(model, schedule: Schedule, config: ml_collections.ConfigDict, num: int,
                    mesh: jax.sharding.Mesh | None = None):
     """A jitted `(params, key, labels=None) -> (images in [-1, 1], nfe)` drawing `num`
-    samples with the sampler, steps and options of `config.sampling` (see `with_sampling`).
+    samples with the sampler, steps and options of `config.sampling` (see `with_sampling`),
+    a cU-Net's ODE blocks solved as its `block_solver` and `block_steps` say (`sampling_model`).
 
     A class-conditional model draws class `labels[i]` (int32, (num,)) for sample i;
     without labels, unconditional samples (the null class). With `sampling.guidance`
@@ -71,6 +93,7 @@ def make_sample_fn(model, schedule: Schedule, config: ml_collections.ConfigDict,
     the mesh or uncommitted."""
     sc = config.sampling
     options = sampling_options(sc)
+    model = sampling_model(model, config)
     num_classes = config.model.get("num_classes", 0)
     if sc.guidance and not num_classes:
         raise ConfigError(f"sampling.guidance={sc.guidance} needs a class-conditional model (model.num_classes > 0)")

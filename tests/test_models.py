@@ -8,7 +8,7 @@ import pytest
 
 from helpers import perturbed
 from odediff.config import default_config, load_config_file
-from odediff.models import build_denoiser
+from odediff.models import build_denoiser, with_block_solver
 from odediff.models.layers import GroupNorm, softplus
 from odediff.models.ode import ODEBlock, ODESettings
 from odediff.train_state import init_params
@@ -104,6 +104,24 @@ def test_the_cunet_config_fields_become_one_ode_settings_that_every_block_uses()
     with nn.intercept_methods(record):
         jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,), jnp.int32)))
     assert len(seen) == 2 * len(c.model.cunet.ch_mult) + 1 and set(seen) == {model.ode}
+
+
+def test_another_block_solver_applies_the_trained_params_and_rk4_converges_to_a_fine_solve():
+    c = _tiny("cunet")  # one Euler step per block
+    model = build_denoiser(c.model)
+    params = perturbed(_init(model, c), jax.random.key(1), scale=0.1)
+    x = jax.random.normal(jax.random.key(2), (2, 8, 8, 1))
+    t = jnp.array([10, 500], jnp.int32)
+    out = lambda m: np.asarray(jax.jit(lambda p: m.apply({"params": p}, x, t))(params), np.float64)  # noqa: E731
+    base = out(model)
+    np.testing.assert_array_equal(out(build_denoiser(c.model, block_solver="euler", block_steps=1)), base)
+    rk4 = {1: out(build_denoiser(c.model, block_solver="rk4", block_steps=1)),
+           2: out(with_block_solver(model, "rk4", 2))}
+    fine = out(model.clone(ode=ODESettings("rk4", 16, "diffeqsolve")))  # diffrax's loop compiles quicker
+    assert all(np.isfinite(y).all() for y in (*rk4.values(), fine))
+    assert np.abs(rk4[1] - base).max() > 1e-3 * np.abs(base).max()
+    err = {n: np.abs(y - fine).max() for n, y in rk4.items()}
+    assert err[2] < err[1] / 4, err
 
 
 def test_cunet_output_differs_when_a_single_block_sees_another_t():
