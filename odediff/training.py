@@ -5,17 +5,19 @@ continues exactly as if it had never stopped.
 """
 
 import contextlib
+import dataclasses
 import json
 import logging
 import signal
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 from jax.experimental import multihost_utils
+from jax.sharding import Mesh
 import numpy as np
 import optax
 
@@ -30,6 +32,7 @@ from odediff.train_state import (TrainState, abstract_train_state, create_train_
                                  make_optimizer)
 
 log = logging.getLogger(__name__)
+Batch = jax.Array | tuple[jax.Array, jax.Array]  # images, or (images, labels)
 
 
 class NonFiniteError(RuntimeError):
@@ -215,24 +218,123 @@ def check_labels_available(config: ml_collections.ConfigDict, source: data.Image
     return True
 
 
-def _check_workdir_config(workdir: Path, config, allow_config_change: bool) -> None:
-    """Refuses to mix runs: a workdir's config.json must match unless overriding is asked for."""
-    path = workdir / "config.json"
-    if path.exists():
-        saved = json.loads(path.read_text())
-        before = saved.get("training", {}).get("num_steps")
-        schedule = saved.get("training", {}).get("lr_schedule")
-        if schedule in ("cosine", "wsd") and before not in (None, config.training.num_steps):
-            raise ConfigError(
-                f"{workdir} holds a run with training.num_steps={before}, and its {schedule} learning-rate schedule "
-                f"is built from it: pass --config.training.num_steps={before} to resume it, or use another --workdir"
-            )
-        diffs = config_differences(saved, config)
-        if diffs and not allow_config_change:
-            raise ConfigError(
-                f"{workdir} holds a run with a different config ({', '.join(diffs)}): use another "
-                f"--workdir, or pass --allow_config_change to continue this run with the new values"
-            )
+class ConfigMismatch(ConfigError):
+    """A work directory holds a run with another config; `differences` names the keys."""
+
+    def __init__(self, workdir: Path, differences: list[str]):
+        self.workdir, self.differences = workdir, differences
+        super().__init__(f"{workdir} holds a run with a different config ({', '.join(differences)}): use another "
+                         f"--workdir, or pass --allow_config_change to continue this run with the new values")
+
+
+def check_workdir_config(workdir: str | Path, config: ml_collections.ConfigDict,
+                         allow_config_change: bool = False) -> None:
+    """Refuses to mix runs: ConfigMismatch where the workdir's config.json differs from `config`
+    (unless `allow_config_change`), ConfigError where a decaying schedule would change its length."""
+    path = Path(workdir) / "config.json"
+    if not path.exists():
+        return
+    saved = json.loads(path.read_text())
+    before = saved.get("training", {}).get("num_steps")
+    schedule = saved.get("training", {}).get("lr_schedule")
+    if schedule in ("cosine", "wsd") and before not in (None, config.training.num_steps):
+        raise ConfigError(
+            f"{workdir} holds a run with training.num_steps={before}, and its {schedule} learning-rate schedule "
+            f"is built from it: pass --config.training.num_steps={before} to resume it, or use another --workdir"
+        )
+    diffs = config_differences(saved, config)
+    if diffs and not allow_config_change:
+        raise ConfigMismatch(Path(workdir), diffs)
+
+
+_check_workdir_config = check_workdir_config
+
+
+@dataclasses.dataclass
+class _Programs:
+    """What runs differing only in learning rate and seed share: model, optimizer, schedule,
+    jitted init and step, and the step once compiled."""
+
+    model: Any
+    tx: optax.GradientTransformation
+    schedule: Schedule
+    init: Callable
+    step: Callable
+    compiled: Callable | None = None
+
+
+def _programs(config: ml_collections.ConfigDict, mesh: Mesh, shared: dict) -> _Programs:
+    key = json.loads(config_to_json(config))
+    key["seed"] = key["training"]["learning_rate"] = None
+    key = (json.dumps(key, sort_keys=True), mesh)
+    if key not in shared:
+        rep = parallel.replicated(mesh)
+        model, tx = build_denoiser(config.model), make_optimizer(config.training)
+        schedule = make_schedule(config.diffusion.beta_schedule, config.diffusion.num_timesteps)
+
+        def step(state, batch, lr, seed):
+            return make_train_step(model, make_optimizer(config.training, lr), schedule, config, seed)(state, batch)
+
+        shared[key] = _Programs(
+            model, tx, schedule,
+            init=jax.jit(lambda k: create_train_state(model, tx, config, k), out_shardings=rep),
+            step=jax.jit(step, out_shardings=(rep, rep), donate_argnums=0))
+    return shared[key]
+
+
+class TrainingRun:
+    """A run in a work directory: its config (checked against and written to config.json), its
+    train state (restored from the newest intact checkpoint, else initialised from config.seed),
+    one compiled step and its checkpoints (`keep`: default training.keep_checkpoints).
+
+    The step takes the learning rate and the seed as arguments, so runs whose configs differ
+    in nothing else share one compilation when given the same `shared` dict."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path, mesh: Mesh, *,
+                 keep: int | None = None, allow_config_change: bool = False, shared: dict | None = None):
+        self.config, self.workdir, self.mesh = config, Path(workdir), mesh
+        check_workdir_config(self.workdir, config, allow_config_change)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if jax.process_index() == 0:
+            (self.workdir / "config.json").write_text(config_to_json(config))
+        self._programs = _programs(config, mesh, {} if shared is None else shared)
+        self.model, self.schedule = self._programs.model, self._programs.schedule
+        rep = parallel.replicated(mesh)
+        self.checkpointer = Checkpointer(self.workdir, config.training.keep_checkpoints if keep is None else keep)
+        restored = self.checkpointer.restore_latest(abstract_train_state(self.model, self._programs.tx, config, rep))
+        if restored is None:
+            self.step, self.meta = 0, {}
+            self.state = self._programs.init(jax.random.split(jax.random.key(config.seed))[0])
+        else:
+            self.step, self.state, self.meta = restored
+        self._hyper = jax.device_put((np.float32(config.training.learning_rate), np.int32(config.seed)), rep)
+        self._step = parallel.one_step_at_a_time(
+            lambda state, batch: self._programs.compiled(state, batch, *self._hyper), mesh)
+
+    def compile(self, batch: Batch) -> None:
+        """Compiles the step for batches like `batch`, unless a run sharing it has."""
+        if self._programs.compiled is None:
+            self._programs.compiled = self._programs.step.lower(self.state, batch, *self._hyper).compile()
+
+    def step_fn(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        """One update of `state` (donated) at this run's rate and seed; the run does not advance."""
+        self.compile(batch)
+        return self._step(state, batch)
+
+    def train_step(self, batch: Batch) -> dict[str, jax.Array]:
+        """Advances the run by one step on `batch`; returns the step's metrics."""
+        self.state, metrics = self.step_fn(self.state, batch)
+        self.step += 1
+        return metrics
+
+    def save(self, meta: dict | None = None) -> None:
+        """Checkpoints the state at the current step, its record `checkpoint_meta` and `meta`."""
+        self.checkpointer.save(self.step, self.state, {**checkpoint_meta(self.config, self.step), **(meta or {})},
+                               force=True)
+
+    def close(self) -> None:
+        """Finishes the saves in flight."""
+        self.checkpointer.close()
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *, allow_config_change: bool = False) -> TrainState:
@@ -243,34 +345,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     parallel.check_batch_size(config.training.batch_size)
     source = data.load_source(config.data, "train")
     conditional = check_labels_available(config, source)
-    _check_workdir_config(workdir, config, allow_config_change)
     tc = config.training
     is_main = jax.process_index() == 0
-    workdir.mkdir(parents=True, exist_ok=True)
-    if is_main:
-        (workdir / "config.json").write_text(config_to_json(config))
-
     mesh = parallel.make_mesh()
-    replicated = parallel.replicated(mesh)
-    model = build_denoiser(config.model)
-    tx = make_optimizer(tc)
-    schedule = make_schedule(config.diffusion.beta_schedule, config.diffusion.num_timesteps)
-    ckpt = Checkpointer(workdir, tc.keep_checkpoints)
-    restored = ckpt.restore_latest(abstract_train_state(model, tx, config, replicated))
-    if restored is None:
-        init = jax.jit(lambda k: create_train_state(model, tx, config, k), out_shardings=replicated)
-        state = init(jax.random.split(jax.random.key(config.seed))[0])
-        start, meta = 0, {}
-    else:
-        start, state, meta = restored
-        log.info("resuming from step %d in %s", start, ckpt.directory)
-
-    step_fn = parallel.one_step_at_a_time(jax.jit(
-        make_train_step(model, tx, schedule, config),
-        out_shardings=(replicated, replicated),
-        donate_argnums=0,
-    ), mesh)
-    sample_fn = make_sample_fn(model, schedule, config, config.sampling.num_samples)
+    run = TrainingRun(config, workdir, mesh, allow_config_change=allow_config_change)
+    start, state = run.step, run.state
+    if start:
+        log.info("resuming from step %d in %s", start, run.checkpointer.directory)
+    sample_fn = make_sample_fn(run.model, run.schedule, config, config.sampling.num_samples)
     grid_labels = class_labels(config.model.num_classes, config.sampling.num_samples) if conditional else None
     writer = _Writer(workdir, is_main)
     pending, t_last, step_last = [], time.time(), start
@@ -279,14 +361,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
 
     bar = tqdm(total=tc.num_steps, initial=start, disable=not is_main, unit="step", dynamic_ncols=True)
     batches = BatchIterator(source, config.data, tc.batch_size, config.seed, mesh, start=start,
-                            with_labels=conditional, state=meta.get("data_iterator"))
+                            with_labels=conditional, state=run.meta.get("data_iterator"))
     # Closing also on errors finishes the saves in flight, so no good step is lost.
-    with _StopFlag() as stop, bar, contextlib.closing(ckpt), contextlib.closing(writer), batches:
-        step = start
-        while step < tc.num_steps:
-            state, metrics = step_fn(state, next(batches))
-            pending.append(metrics)
-            step += 1
+    with _StopFlag() as stop, bar, contextlib.closing(run), contextlib.closing(writer), batches:
+        while run.step < tc.num_steps:
+            pending.append(run.train_step(next(batches)))
+            step, state = run.step, run.state
             bar.update(1)
             last = step == tc.num_steps
             stopping = stop.preempted(step)
@@ -305,16 +385,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
                 if is_main:
                     images.save_grid(data.to_uint8(grid), workdir / "samples" / f"step_{step:08d}.png", scale=2)
             if save_now:
-                ckpt.save(step, state, {**checkpoint_meta(config, step), "data_iterator": batches.state()},
-                          force=True)
+                run.save({"data_iterator": batches.state()})
             if stopping:
                 break
     if is_main:
         _plot_loss(workdir)
     if stop.signum:
-        print(f"stopped by {signal.Signals(stop.signum).name} at step {step}: checkpoint saved in "
-              f"{ckpt.directory}; run the same command to resume", flush=True)
-    return state
+        print(f"stopped by {signal.Signals(stop.signum).name} at step {run.step}: checkpoint saved in "
+              f"{run.checkpointer.directory}; run the same command to resume", flush=True)
+    return run.state
 
 
 def _check_nonfinite(state: TrainState, tc) -> None:

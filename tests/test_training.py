@@ -153,6 +153,31 @@ def test_a_traced_rate_and_seed_give_each_config_its_own_steps_from_one_compiled
     assert len(traces) == 1
 
 
+def test_a_training_run_resumes_its_newest_checkpoint_and_refuses_another_config(tmp_path):
+    from odediff import parallel
+    from odediff.config import config_to_json
+    from odediff.training import ConfigMismatch, TrainingRun
+
+    c, mesh = tiny_config(), parallel.make_mesh()
+    source = data.load_source(c.data, "train")
+    run = TrainingRun(c, tmp_path, mesh)
+    assert run.step == 0 and run.meta == {}
+    for s in range(2):
+        run.train_step(parallel.global_batch(data.get_batch(source, c.data, c.training.batch_size, c.seed, s), mesh))
+    run.save({"note": 1})
+    run.close()
+    again = TrainingRun(c, tmp_path, mesh)
+    assert again.step == 2 and again.meta["note"] == 1 and again.meta["config"] == json.loads(config_to_json(c))
+    _assert_same(again.state, run.state)
+    again.close()
+    c.training.learning_rate = 1e-2
+    with pytest.raises(ConfigMismatch, match="--allow_config_change") as e:
+        TrainingRun(c, tmp_path, mesh)
+    assert e.value.differences == ["training.learning_rate"]
+    TrainingRun(c, tmp_path, mesh, allow_config_change=True).close()
+    assert json.loads((tmp_path / "config.json").read_text())["training"]["learning_rate"] == 1e-2
+
+
 def _with(tc, **kw):
     c = tc.copy_and_resolve_references()
     c.update(kw)
