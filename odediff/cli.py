@@ -302,7 +302,7 @@ def define_sample_flags(prog: str = "sample.py") -> None:
 def sample_main() -> None:
     """Draws and writes the samples the parsed flags ask for."""
     from odediff import parallel
-    from odediff.generation import describe_sampling, generate, restore_run, with_sampling, write_samples
+    from odediff.generation import block_tag, describe_sampling, generate, restore_run, with_sampling, write_samples
 
     f = flags.FLAGS
     if f.num <= 0:
@@ -314,6 +314,7 @@ def sample_main() -> None:
     labels, cols = parse_labels(f.labels, config.model.num_classes, f.num)
     num = f.num if labels is None else len(labels)
     tag = (f"_cfg{sc.guidance:g}" if sc.guidance else "") + (f"_class{f.labels.replace(',', '-')}" if f.labels else "")
+    tag += block_tag(sc)
     out = f.out or str(Path(f.workdir) / "samples" / f"sample_{step}_{sc.sampler}{sc.steps}{tag}_seed{f.seed}")
     samples, seconds, nfe = generate(config, params, num, seed=f.seed, labels=labels)
     record = {"workdir": str(f.workdir), "step": step, "seed": f.seed, "num": num, "nfe": nfe,

@@ -52,6 +52,12 @@ def with_sampling(config: ml_collections.ConfigDict, **fields) -> ml_collections
     return config
 
 
+def block_tag(sampling: ml_collections.ConfigDict) -> str:
+    """The file-name part naming a block solver chosen at sampling time ("" for the model's own)."""
+    solver, steps = sampling.get("block_solver") or "", sampling.get("block_steps") or 0
+    return f"_blocks-{solver or 'own'}x{steps or 'own'}" if solver or steps else ""
+
+
 def sampling_model(model, config: ml_collections.ConfigDict):
     """`model` as `config.sampling` has it solved: a cU-Net's ODE blocks with
     `sampling.block_solver` in `sampling.block_steps` steps where set (same params).
