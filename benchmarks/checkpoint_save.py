@@ -1,59 +1,73 @@
-"""Does a checkpoint stall training? The step time around a save, before and after the
-checksum moved to the devices.
+"""Does a checkpoint stall training? The step time around a save, with the state's checksum
+taken on the host or on the devices.
 
-python benchmarks/checkpoint_save.py [--config configs/digits.py] [--steps 40] [--repeats 3]
+python -m benchmarks.checkpoint_save [--config configs/digits.py] [--steps 40] [--repeats 3]
                                      [--out benchmarks/results/checkpoint_save.json]
 
-The compiled training step of the config runs --steps steps on one batch already on
-the devices, with a checkpoint saved (odediff.checkpoint.Checkpointer, orbax's
-asynchronous save) after the middle step, in two ways:
-  - "host checksum" (odediff before): the whole state copied to the host and CRC-32
-    checksummed before the save starts;
-  - "device checksum" (now): `state_checksum` computed on the devices, 4 bytes to the host.
-Reported: the median step time without a save, and the wall time of the step that
-saves (the save call plus its step) as a multiple of it. The two ways alternate,
---repeats times, and the medians are compared.
+The config's compiled training step runs --steps steps on one batch on the devices, with a
+checkpoint saved after the middle step in two ways: "host checksum", the whole state copied
+to the host and CRC-32 checksummed before orbax's asynchronous save starts; "device
+checksum", odediff.checkpoint.Checkpointer, whose checksum is computed on the devices.
+Reported: the median step time without a save, and the wall time of the step that saves as
+a multiple of it; the two ways alternate --repeats times and the medians are compared.
 """
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, markdown_table, write_json  # noqa: E402
-
-from odediff import checkpoint, data, parallel  # noqa: E402
-from odediff.config import load_config_file  # noqa: E402
-from odediff.models import build_denoiser  # noqa: E402
-from odediff.schedule import make_schedule  # noqa: E402
-from odediff.train_state import create_train_state, make_optimizer  # noqa: E402
-from odediff.training import make_train_step  # noqa: E402
+from benchmarks.common import machine, markdown_table, write_json
+from odediff import checkpoint, data, parallel
+from odediff.config import load_config_file
+from odediff.models import build_denoiser
+from odediff.schedule import make_schedule
+from odediff.train_state import create_train_state, make_optimizer
+from odediff.training import make_train_step
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def save_host_checksum(ckpt: checkpoint.Checkpointer, step: int, state, meta: dict) -> None:
-    """The save as odediff did it before: host copy and CRC-32 first."""
-    meta = {**meta, "state_crc32": checkpoint._crc32(checkpoint._host_leaves(state))}
-    ckpt._manager.save(step, args=checkpoint.ocp.args.Composite(
-        state=checkpoint.ocp.args.StandardSave(state), meta=checkpoint.ocp.args.JsonSave(meta)), force=True)
+class HostChecksumSaver:
+    """orbax's asynchronous save of the state and a record, the state copied to the host and
+    CRC-32 checksummed first."""
+
+    def __init__(self, workdir: Path, keep: int = 2):
+        handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+        self._manager = ocp.CheckpointManager(checkpoint.checkpoint_dir(workdir), item_handlers=handlers,
+                                              options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+
+    def save(self, step: int, state, meta: dict, *, force: bool = False) -> None:
+        crc = 0
+        for leaf in jax.tree.leaves(state):
+            crc = zlib.crc32(np.ascontiguousarray(parallel.to_host(leaf)).reshape(-1).view(np.uint8), crc)
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave({**meta, "state_crc32": crc}))
+        self._manager.save(step, args=args, force=force)
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
 
 
-def timed_run(fn, state, batch, steps: int, save, workdir: Path) -> tuple[float, float]:
-    """(median seconds of a step without a save, seconds of the step that saves)."""
-    ckpt = checkpoint.Checkpointer(workdir, keep=2)
+WAYS = {"host checksum (before)": HostChecksumSaver,
+        "device checksum (now)": lambda workdir: checkpoint.Checkpointer(workdir, keep=2)}
+
+
+def timed_run(fn, state, batch, steps: int, saver, workdir: Path) -> tuple[float, float]:
+    """(median seconds of a step without a save, seconds of the step that saves), saving with `saver(workdir)`."""
+    ckpt = saver(workdir)
     times, save_time = [], 0.0
     for s in range(steps):
         t0 = time.perf_counter()
         state, metrics = fn(state, batch)
         if s == steps // 2:
-            save(ckpt, s, state, {"step": s})
+            ckpt.save(s, state, {"step": s}, force=True)
         float(metrics["loss"])  # the loop reads the loss back every step, as a log would
         dt = time.perf_counter() - t0
         if s == steps // 2:
@@ -83,14 +97,15 @@ def main() -> None:
     fn = jax.jit(make_train_step(model, tx, schedule, config), out_shardings=(rep, rep))
     fn = fn.lower(init(jax.random.key(0)), batch).compile()
     num_params = sum(x.size for x in jax.tree.leaves(init(jax.random.key(0)).params))
-    checkpoint.state_checksum(init(jax.random.key(0)))  # compiled once per process, outside the timing
-    ways = {"host checksum (before)": save_host_checksum,
-            "device checksum (now)": lambda ckpt, s, state, meta: ckpt.save(s, state, meta, force=True)}
-    results: dict[str, dict[str, list[float]]] = {k: {"step": [], "save_step": []} for k in ways}
+    results: dict[str, dict[str, list[float]]] = {k: {"step": [], "save_step": []} for k in WAYS}
     with tempfile.TemporaryDirectory() as tmp:
+        for i, saver in enumerate(WAYS.values()):  # a first save compiles the checksums, outside the timing
+            ckpt = saver(Path(tmp) / f"warmup_{i}")
+            ckpt.save(0, init(jax.random.key(0)), {"step": 0}, force=True)
+            ckpt.close()
         for r in range(a.repeats):
-            for name, save in ways.items():
-                step, saving = timed_run(fn, init(jax.random.key(0)), batch, a.steps, save, Path(tmp) / f"{r}_{len(name)}")
+            for name, saver in WAYS.items():
+                step, saving = timed_run(fn, init(jax.random.key(0)), batch, a.steps, saver, Path(tmp) / f"{r}_{len(name)}")
                 results[name]["step"].append(step)
                 results[name]["save_step"].append(saving)
                 print(f"{name}: step {step * 1e3:.1f} ms, step with save {saving * 1e3:.1f} ms", flush=True)

@@ -1,6 +1,6 @@
 """Do the samples look like digits to a classifier that has nothing to do with odediff?
 
-python benchmarks/classify_samples.py [--data DIR] [--image_size 16] [--out JSON] [NPZ ...]
+python -m benchmarks.classify_samples [--data DIR] [--image_size 16] [--out JSON] [NPZ ...]
 
 Trains scikit-learn's MLPClassifier (one hidden layer of 256, on pixels) on the MNIST
 train split (the same IDX files and split as benchmarks/train_compare.py), reports its
@@ -17,12 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import markdown_table, write_json  # noqa: E402
-
-from odediff import data as data_lib  # noqa: E402
-from odediff.config import default_config  # noqa: E402
-from odediff.evaluation import confidence_stats  # noqa: E402
+from benchmarks.common import markdown_table, write_json
+from odediff import data as data_lib
+from odediff.config import default_config
+from odediff.evaluation import confidence_stats
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""Timing helpers shared by the benchmark scripts."""
+"""Helpers shared by the benchmarks: timing, the machine's description, markdown tables, JSON records."""
 
 import json
 import platform

@@ -1,6 +1,6 @@
 """The paper's noise-robustness experiment: denoise held-out images with each trained denoiser.
 
-python benchmarks/denoise.py --workdirs runs/mnist_cunet runs/mnist_unet \
+python -m benchmarks.denoise --workdirs runs/mnist_cunet runs/mnist_unet \
     [--eps 0.05,0.1,0.15,0.2,0.3 --num 256 --k 100 --sampler ancestral --out benchmarks/results/denoise.json]
 
 Clean held-out ("test" split) images get Gaussian noise of std eps (on [0, 1]); the
@@ -20,14 +20,12 @@ from pathlib import Path
 import jax
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, markdown_table, write_json  # noqa: E402
-
-from odediff import data as data_lib  # noqa: E402
-from odediff.denoising import classical_baselines, denoise  # noqa: E402
-from odediff.generation import restore_run  # noqa: E402
-from odediff.models import build_denoiser  # noqa: E402
-from odediff.schedule import make_schedule  # noqa: E402
+from benchmarks.common import machine, markdown_table, write_json
+from odediff import data as data_lib
+from odediff.denoising import classical_baselines, denoise
+from odediff.generation import restore_run
+from odediff.models import build_denoiser
+from odediff.schedule import make_schedule
 
 
 def main() -> None:

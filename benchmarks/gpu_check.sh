@@ -1,20 +1,13 @@
 #!/usr/bin/env bash
 # One-GPU check, at most 10 minutes per part:
-#   compare (default): the MNIST training comparison of benchmarks/train_compare.py at
+#   compare (default): the MNIST training comparison of benchmarks.train_compare at
 #                      configs/mnist.py widths, every run trained for the same seconds;
-#   table:             the paper table at CelebA 64 (cU-Net against the DDPM U-Net).
+#   table:             training and sampling throughput at CelebA 64, cU-Net against the DDPM
+#                      U-Net (benchmarks/gpu_table.py), in 540 s.
 #
 #   bash benchmarks/gpu_check.sh [OUTDIR] [compare|table]   (OUTDIR default: $OUT, else benchmarks/results/gpu)
 #
-# Compilation dominates on a GPU: on one H100 (jax 0.11.2) the comparison's start (data,
-# feature classifier, floor) took ~90 s, each of the six learning-rate sweep runs ~30 s
-# for 200 steps, and the paper table ~4 minutes for its first two forward compilations.
-# On a fresh machine the comparison then needed ~12 minutes in all: the first run stopped at
-# its limit with every result so far written; the same command run again on that machine
-# (its checkpoints and compilation cache under TMPDIR) resumed and finished in 146 s. Each
-# model now compiles its step once for all its sweep rates and seeds (3 compilations, not
-# 9), and on a fresh H200 the whole comparison ran in 437 s. Should a run stop at its
-# limit, run it again on the same machine: it resumes.
+# A run stopped by its time limit resumes when run again on the same machine.
 #
 # Needs python3 with jax for the GPU (CUDA), flax, diffrax, optax, orbax-checkpoint, grain,
 # ml_collections, scikit-learn and matplotlib, and MNIST's IDX files. Without network
@@ -56,16 +49,24 @@ left=$(( 570 - ($(date +%s) - start) ))
 
 if [ "$PART" = compare ]; then
   # JSON, plot and samples are kept current after every turn, so what the time limit leaves is a result
-  timeout "$left" "$PY" benchmarks/train_compare.py --preset gpu --data "$MNIST_DIR" --lrs 2e-3,4e-3 \
+  timeout "$left" "$PY" -m benchmarks.train_compare --preset gpu --data "$MNIST_DIR" --lrs 2e-3,4e-3 \
     --sweep_steps 200 --seeds 0,1 --steps 100000 --eval_every 500 --time_budget 20 \
     --runs_dir "${TMPDIR:-/tmp}/odediff_runs" --out "$OUTDIR" --cache_dir "${TMPDIR:-/tmp}/odediff_cache" \
     2>&1 | grep -v -E "^(WARNING|W[0-9]{4} )" | tee -a "$OUTDIR/log.txt"
   echo "train_compare: exit ${PIPESTATUS[0]} after $(( $(date +%s) - start )) s" | tee -a "$OUTDIR/log.txt"
   # 11 files: device.txt, log.txt, train_compare.{json,md,png}, samples_{unet,cunet_rk4,cunet_heun}.{png,npz}
 else
-  # DDIM 50/256 at batch 1, training step at batch 16; the main table's JSON is written
-  # before the solver rows, so a cut there leaves it with "solvers": null
-  timeout "$left" "$PY" benchmarks/paper_table.py --batch 16 --repeats 10 --solvers euler,heun,rk4 \
-    --out "$OUTDIR/paper_table.json" 2>&1 | grep -v -E "^(WARNING|W[0-9]{4} )" | tee -a "$OUTDIR/log.txt"
-  echo "paper_table: exit ${PIPESTATUS[0]} after $(( $(date +%s) - start )) s" | tee -a "$OUTDIR/log.txt"
+  # benchmarks.gpu_table at CelebA 64: training steps (batch 128, then 64; bfloat16 and float32),
+  # DDIM 50, the training loop on generated JPEGs, then XLA options while time is left, all
+  # within 540 s of this script's start; its JSON and Markdown are rewritten after every row, so
+  # what the time limit leaves is a result. The training loop's log needs tensorboardX: put its
+  # wheel in WHEELS too (pip download tensorboardX --no-deps -d .cache/wheels).
+  if ! "$PY" -c "import tensorboardX" 2>/dev/null && compgen -G "$WHEELS/tensorboard[xX]-*.whl" >/dev/null; then
+    "$PY" -m pip install --quiet --no-index --no-deps "$WHEELS"/tensorboard[xX]-*.whl || true
+  fi
+  left=$(( 530 - ($(date +%s) - start) ))
+  timeout -k 10 "$left" "$PY" -m benchmarks.gpu_table --out "$OUTDIR" --time_limit $(( left - 15 )) \
+    2>&1 | grep -v -E "^(WARNING|W[0-9]{4} )" | tee -a "$OUTDIR/log.txt"
+  echo "gpu_table: exit ${PIPESTATUS[0]} after $(( $(date +%s) - start )) s" | tee -a "$OUTDIR/log.txt"
+  # 4 files: device.txt, log.txt, gpu_table.json, gpu_table.md
 fi

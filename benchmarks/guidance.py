@@ -1,12 +1,12 @@
 """Class-conditional digits and classifier-free guidance: does the sample show the class asked for?
 
-python benchmarks/guidance.py [--seeds 0,1] [--guidance 0,1,2,4] [--per_class 100]
+python -m benchmarks.guidance [--seeds 0,1] [--guidance 0,1,2,4] [--per_class 100]
 
 Trains (or resumes) configs/digits_cond.py and, as the unconditional reference,
 configs/digits.py, one run per training seed under --runs_dir; then for every
 guidance scale w draws --per_class samples of each of the ten classes (the configs'
-sampler, DDIM 100 steps; sampling seed = training seed) and scores them in the digits
-feature classifier's space (evaluation.feature_space, the one evaluate.py uses):
+sampler; sampling seed = training seed) and scores them with evaluation.score_run, as
+evaluate.py does:
 
 - the share of samples the classifier assigns to the class asked for;
 - FD of all samples against the held-out split, beside the real-data floor (as many
@@ -19,22 +19,17 @@ grid_w<w>.png (seed 0, one row per class).
 """
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import markdown_table, write_json  # noqa: E402
-
-from odediff import data as data_lib  # noqa: E402
-from odediff import images, parallel  # noqa: E402
-from odediff.config import load_config_file  # noqa: E402
-from odediff.evaluation import _all_images, feature_space  # noqa: E402
-from odediff.generation import class_labels, generate, restore_run, with_sampling  # noqa: E402
-from odediff.metrics import frechet_distance  # noqa: E402
-from odediff.training import train_and_evaluate  # noqa: E402
+from benchmarks.common import markdown_table, write_json
+from odediff import data as data_lib
+from odediff import images, parallel
+from odediff.config import load_config_file
+from odediff.evaluation import all_images, feature_space, score_run
+from odediff.metrics import frechet_distance
+from odediff.training import train_and_evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,12 +70,12 @@ def main() -> None:
     k = cond.model.num_classes
     space = feature_space(cond.data, a.cache_dir)
     train_source = data_lib.load_source(cond.data, "train")
-    held_out = _all_images(data_lib.load_source(cond.data, "test"))[0]
-    train_images, idx = _all_images(train_source)
+    held_out = all_images(data_lib.load_source(cond.data, "test"))[0]
+    train_images, idx = all_images(train_source)
     train_labels = train_source.get_labels(idx)
     f_held = space.features(held_out)
     n = a.per_class * k
-    floor_images = _all_images(train_source, min(n, len(train_source)), seed=100)[0]
+    floor_images = all_images(train_source, min(n, len(train_source)), seed=100)[0]
     floor = frechet_distance(space.features(floor_images), f_held)
     halves = class_fd_split(train_images, train_labels, space, k)
     class_floor = [frechet_distance(*halves[c]) for c in range(k)]
@@ -89,24 +84,21 @@ def main() -> None:
     rows = []
     for seed in seeds:
         uncond_dir, cond_dir = train("digits", seed, runs_dir), train("digits_cond", seed, runs_dir)
-        config, params, step = restore_run(uncond_dir)
-        samples, _, _ = generate(config, params, n, seed=seed, batch=500)
-        rows.append({"seed": seed, "model": "unconditional", "step": step, "guidance": None,
-                     "fd": frechet_distance(space.features(samples), f_held)})
-        config, params, step = restore_run(cond_dir)
-        null, _, _ = generate(with_sampling(config, guidance=0.0), params, n, seed=seed, batch=500)
-        rows.append({"seed": seed, "model": "conditional, null class", "step": step, "guidance": None,
-                     "fd": frechet_distance(space.features(null), f_held)})
+        common = dict(num=n, seed=seed, batch=500, cache_dir=a.cache_dir, num_real=len(held_out))
+        r, _ = score_run(uncond_dir, **common)
+        rows.append({"seed": seed, "model": "unconditional", "step": r["step"], "guidance": None, "fd": r["fd"]})
+        r, _ = score_run(cond_dir, sampling={"guidance": 0.0}, null_class=True, **common)
+        rows.append({"seed": seed, "model": "conditional, null class", "step": r["step"], "guidance": None,
+                     "fd": r["fd"]})
         for w in scales:
-            samples, seconds, nfe = generate(with_sampling(config, guidance=w), params, n, seed=seed, batch=500,
-                                             labels=labels)
+            r, samples = score_run(cond_dir, sampling={"guidance": w}, labels=labels, **common)
             predicted = space.probabilities(samples).argmax(1)
             per_class_fd = [frechet_distance(space.features(samples[labels == c][: len(halves[c][1])]), halves[c][1])
                             for c in range(k)]
-            row = {"seed": seed, "model": "conditional", "step": step, "guidance": w, "nfe": nfe,
-                   "class_accuracy": float(np.mean(predicted == labels)),
+            row = {"seed": seed, "model": "conditional", "step": r["step"], "guidance": w, "nfe": r["nfe"],
+                   "class_accuracy": r["class_accuracy"],
                    "class_accuracy_per_class": [float(np.mean(predicted[labels == c] == c)) for c in range(k)],
-                   "fd": frechet_distance(space.features(samples), f_held), "fd_per_class": per_class_fd}
+                   "fd": r["fd"], "fd_per_class": per_class_fd}
             rows.append(row)
             print(f"seed {seed} w={w:g}: class accuracy {row['class_accuracy']:.3f}, FD {row['fd']:.2f} "
                   f"(floor {floor:.2f}), mean per-class FD {np.mean(per_class_fd):.2f}", flush=True)

@@ -1,6 +1,6 @@
 """Checks odediff's Inception-v3 against pytorch-fid's FID Inception: writes the test fixture.
 
-python benchmarks/inception_fixture.py [--out tests/fixtures/inception_pytorch_fid.npz]
+python -m benchmarks.inception_fixture [--out tests/fixtures/inception_pytorch_fid.npz]
 
 Needs torch, torchvision and pytorch-fid (this script only; odediff and its tests do
 not). Builds pytorch-fid's `InceptionV3` (pool3, FID blocks, bilinear resize to 299,

@@ -1,6 +1,6 @@
 """Does the input pipeline keep up? The loader alone, and the training loop against its step.
 
-python benchmarks/input_pipeline.py [--batches 30] [--loop_steps 300] [--repeats 3]
+python -m benchmarks.input_pipeline [--batches 30] [--loop_steps 300] [--repeats 3]
                                     [--out benchmarks/results/input_pipeline.json]
 
 1. The loader alone (odediff.input_pipeline.BatchIterator, batch 64, image_size 64, RGB):
@@ -20,7 +20,6 @@ python benchmarks/input_pipeline.py [--batches 30] [--loop_steps 300] [--repeats
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,16 +28,11 @@ import jax
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, markdown_table, write_json  # noqa: E402
-
-from odediff import data, parallel  # noqa: E402
-from odediff.config import load_config_file  # noqa: E402
-from odediff.input_pipeline import BatchIterator  # noqa: E402
-from odediff.models import build_denoiser  # noqa: E402
-from odediff.schedule import make_schedule  # noqa: E402
-from odediff.train_state import create_train_state, make_optimizer  # noqa: E402
-from odediff.training import make_train_step, train_and_evaluate  # noqa: E402
+from benchmarks.common import machine, markdown_table, write_json
+from odediff import data, parallel
+from odediff.config import load_config_file
+from odediff.input_pipeline import BatchIterator
+from odediff.training import TrainingRun, train_and_evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH, SIZE, WARMUP = 64, 64, 3
@@ -92,24 +86,21 @@ def loader_table(a) -> list[dict]:
     return rows
 
 
-def step_alone(config, steps: int) -> float:
-    """Seconds per step of the compiled training step on one batch already on the devices."""
+def step_alone(config, steps: int, workdir: Path) -> float:
+    """Seconds per step of the training loop's compiled step on one batch already on the devices."""
     mesh = parallel.make_mesh()
-    rep = parallel.replicated(mesh)
-    model, tx = build_denoiser(config.model), make_optimizer(config.training)
-    schedule = make_schedule(config.diffusion.beta_schedule, config.diffusion.num_timesteps)
-    state = jax.jit(lambda k: create_train_state(model, tx, config, k), out_shardings=rep)(jax.random.key(0))
+    run = TrainingRun(config, workdir, mesh)
     source = data.load_source(config.data, "train")
     batch = parallel.global_batch(data.get_batch(source, config.data, config.training.batch_size, 0, 0), mesh)
-    fn = jax.jit(make_train_step(model, tx, schedule, config), out_shardings=(rep, rep), donate_argnums=0)
-    fn = parallel.one_step_at_a_time(fn.lower(state, batch).compile(), mesh)  # as the training loop does
+    state = run.state
     for _ in range(5):
-        state, _ = fn(state, batch)
+        state, _ = run.step_fn(state, batch)
     jax.block_until_ready(state)
     t0 = time.perf_counter()
     for _ in range(steps):
-        state, _ = fn(state, batch)
+        state, _ = run.step_fn(state, batch)
     jax.block_until_ready(state)
+    run.close()
     return (time.perf_counter() - t0) / steps
 
 
@@ -129,7 +120,7 @@ def loop_table(a) -> dict:
     times: dict[str, list[float]] = {"step alone": [], "loop, prefetch 2 (default)": [], "loop, prefetch 0": []}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(a.repeats):
-            times["step alone"].append(step_alone(config, a.loop_steps))
+            times["step alone"].append(step_alone(config, a.loop_steps, Path(tmp) / f"alone_{r}"))
             times["loop, prefetch 2 (default)"].append(loop_step(config, a.loop_steps, 2, Path(tmp) / f"p2_{r}"))
             times["loop, prefetch 0"].append(loop_step(config, a.loop_steps, 0, Path(tmp) / f"p0_{r}"))
             print({k: f"{v[-1] * 1e3:.1f} ms" for k, v in times.items()}, flush=True)

@@ -1,14 +1,12 @@
 """Sample quality against denoiser evaluations (NFE), for trained runs of both denoisers.
 
-python benchmarks/nfe_sweep.py --workdirs runs/mnist_cunet runs/mnist_unet [--num 1000] [--append]
+python -m benchmarks.nfe_sweep --workdirs runs/mnist_cunet runs/mnist_unet [--num 1000] [--append]
 
 For each run: DDIM, DPM-Solver++(2M) and the probability-flow ODE (Heun) at about
-10, 20, 50 and 100 NFE, and the 1000-step ancestral reference (--ancestral_steps 0
-leaves it out: it costs more than all the other points together); FD in the dataset's
-classifier feature space against the held-out split, wall time per image. Prints a
-table, writes JSON and one PNG. --append keeps the rows already in <out>'s JSON
-(same --num) and computes only the points they lack, so runs and NFEs can be added
-one at a time.
+each --nfe, and the ancestral reference of --ancestral_steps steps (0: none), each scored by
+evaluation.score_run (FD against the held-out split) with its wall time per image. Prints a
+table, writes <out>/nfe_sweep.json and .png. --append keeps the rows already in that JSON
+(same --num) and runs only the points they lack.
 """
 
 import argparse
@@ -16,12 +14,9 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, markdown_table  # noqa: E402
-
-from odediff import data, parallel  # noqa: E402
-from odediff.evaluation import _all_images, default_cache_dir, evaluate_samples, feature_space  # noqa: E402
-from odediff.generation import generate, restore_run, with_sampling  # noqa: E402
+from benchmarks.common import machine, markdown_table
+from odediff import parallel
+from odediff.evaluation import default_cache_dir, score_run
 
 
 def points(nfes: list[int], ancestral_steps: int = 1000) -> list[tuple[str, int, dict]]:
@@ -35,19 +30,17 @@ def points(nfes: list[int], ancestral_steps: int = 1000) -> list[tuple[str, int,
 def run_sweep(workdir: str, nfes: list[int], num: int, batch: int, cache_dir: Path,
               done: frozenset = frozenset(), ancestral_steps: int = 1000) -> list[dict]:
     """One row per point of `points(nfes, ancestral_steps)`, skipping the (sampler, steps) pairs in `done`."""
-    config, params, step = restore_run(workdir)
-    space = feature_space(config.data, cache_dir)
-    real, _ = _all_images(data.load_source(config.data, "test"), num, seed=1)
     rows = []
     for name, steps, options in points(nfes, ancestral_steps):
         if (name, steps) in done:
             continue
-        samples, seconds, nfe = generate(with_sampling(config, sampler=name, steps=steps, **options), params, num,
-                                         batch=batch)
-        fd = evaluate_samples(samples, real, space)["fd"]
-        rows.append({"run": Path(workdir).name, "model": config.model.name, "workdir": workdir, "step": step, "sampler": name,
-                     "steps": steps, "nfe": nfe, "num": num, "fd": fd, "seconds_per_image": seconds / num})
-        print(f"{Path(workdir).name} ({config.model.name}) {name} nfe={nfe}: FD {fd:.3f}, {seconds / num * 1e3:.1f} ms/image", flush=True)
+        r, _ = score_run(workdir, num=num, sampling={"sampler": name, "steps": steps, **options}, batch=batch,
+                         cache_dir=cache_dir)
+        rows.append({"run": Path(workdir).name, "model": r["model"], "workdir": workdir, "step": r["step"],
+                     "sampler": name, "steps": steps, "nfe": r["nfe"], "num": num, "fd": r["fd"],
+                     "seconds_per_image": r["sample_seconds"] / num})
+        print(f"{Path(workdir).name} ({r['model']}) {name} nfe={r['nfe']}: FD {r['fd']:.3f}, "
+              f"{r['sample_seconds'] / num * 1e3:.1f} ms/image", flush=True)
     return rows
 
 

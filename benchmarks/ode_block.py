@@ -1,6 +1,6 @@
 """ODE block speed: each integration mode against a hand-unrolled reference.
 
-python benchmarks/ode_block.py [--batch 16] [--out benchmarks/results/ode_block.json]
+python -m benchmarks.ode_block [--batch 16] [--out benchmarks/results/ode_block.json]
 
 For euler and rk4 at 28x28 and 64x64, times the forward and forward+grad of one
 ODE block's solve in each mode, and prints each as a ratio to the same steps
@@ -8,16 +8,12 @@ written by hand in jax.numpy.
 """
 
 import argparse
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, markdown_table, median_time, write_json  # noqa: E402
-
-from odediff.models.ode import MODES, VectorField, solve  # noqa: E402
+from benchmarks.common import machine, markdown_table, median_time, write_json
+from odediff.models.ode import MODES, VectorField, solve
 
 
 def hand_unrolled(field, y, args, solver: str, steps: int):

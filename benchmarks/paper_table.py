@@ -1,54 +1,39 @@
 """The paper's efficiency table: cU-Net against the DDPM U-Net at CelebA 64x64x3, in one run.
 
-python benchmarks/paper_table.py [--config configs/celeba64.py] [--batch 16] [--repeats 10]
+python -m benchmarks.paper_table [--config configs/celeba64.py] [--batch 16] [--repeats 10]
                                  [--quick] [--out benchmarks/results/paper_table.json]
 
-Per denoiser: parameters; FLOPs of one evaluation (XLA's cost analysis of the
-forward at batch 1 as lowered for a CPU, on any machine: a GPU's compiled convolutions
-are library calls that its cost analysis does not count, and a module lowered for a GPU
-reports no count; on a CPU lowered and compiled counts agree within 0.2%; every
-ODE-solver stage included; XLA counts 2 FLOPs per
-multiply-add, the convention of the notes' GFLOP figures: DDPM U-Net 48.4, the
-authors' cU-Net release 5.65); forward latency at --batch (median over --repeats
-after a warm-up, the models alternated within each repeat); the time to sample one
-image with DDIM 50 and 256 steps, measured as a full DDIM run at batch 1 (the
-ODE-free sampler loop adds little, so it is close to steps x batch-1 latency, which
-is also reported); training-step time at --batch and peak memory (XLA's memory
-analysis of the compiled step: arguments + outputs + temporaries - aliased; plus the
-device's peak_bytes_in_use where it reports one), also with every block
-rematerialised (model.*.remat), with bfloat16 activations (training.compute_dtype)
-and with both (compiled only, not timed). Then one row per fixed-step cU-Net
-solver setting (euler, heun, midpoint, rk4 with 1 and 2 steps): FLOPs, FLOPs per
-stage-evaluation, ratio to the U-Net, forward latency.
---cpu_devices (default: one per core): on a CPU the batch is split over that many XLA
-CPU devices, as training splits it over accelerators. XLA:CPU runs a convolution
-with fewer than ~128 channels on one thread, so a single CPU device leaves cores idle
-on the cU-Net's narrow full-resolution blocks; both denoisers get the same devices.
---memory_only: only those four memory figures per denoiser (compiled, nothing run).
---quick: batch 2, 2 repeats, solvers euler and rk4 only, no training step and no full
-DDIM runs (smoke test; add --image_size 16 on a CPU).
+Per denoiser: parameters; GFLOP of one evaluation (XLA's cost analysis of the forward at
+batch 1 lowered for a CPU on any machine, every ODE-solver stage included, 2 FLOPs per
+multiply-add); forward latency at --batch and at batch 1 (median over --repeats after a
+warm-up, the models alternated); one image with DDIM 50 and 256 steps, measured and as
+steps x batch-1 latency; the training step's time at --batch and its memory (XLA's memory
+analysis: arguments + outputs + temporaries - aliased; the device's peak_bytes_in_use where
+it reports one), also with every block rematerialised, with bfloat16 activations and with
+both (compiled only). Then per fixed-step cU-Net solver setting (--solvers x --ode_steps):
+GFLOP, the ratio to the U-Net and forward latency.
+--cpu_devices (default: one per core): the XLA CPU devices the batch is split over.
+--memory_only: only the four memory figures per denoiser (compiled, nothing run).
+--quick: batch 2, 2 repeats, solvers euler and rk4, no training step and no DDIM runs.
 """
 
 import argparse
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, markdown_table, write_json  # noqa: E402
-
-from odediff.config import load_config_file  # noqa: E402
-from odediff.models import build_denoiser  # noqa: E402
-from odediff.parallel import batch_sharded, make_mesh, replicated  # noqa: E402
-from odediff.samplers import ddim_sample  # noqa: E402
-from odediff.schedule import make_schedule  # noqa: E402
-from odediff.train_state import create_train_state, make_optimizer  # noqa: E402
-from odediff.training import make_train_step  # noqa: E402
+from benchmarks.common import machine, markdown_table, write_json
+from odediff.config import load_config_file
+from odediff.models import build_denoiser
+from odediff.parallel import batch_sharded, make_mesh, replicated
+from odediff.samplers import ddim_sample
+from odediff.schedule import make_schedule
+from odediff.train_state import create_train_state, make_optimizer
+from odediff.training import make_train_step
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = {"euler": 1, "heun": 2, "midpoint": 2, "rk4": 4}

@@ -1,62 +1,28 @@
-"""The paper's central claim on real digits: the continuous U-Net against the DDPM U-Net,
-trained until both draw digits, several seeds, scored beside the real-data floor. Resumable.
+"""The continuous U-Net against the DDPM U-Net on MNIST, several seeds, scored beside the real-data floor.
 
-python benchmarks/train_compare.py [--data DIR] [--preset cpu|gpu] [--steps 6000] [--decay_steps 1500] [--seeds 0,1]
+python -m benchmarks.train_compare [--data DIR] [--preset cpu|gpu] [--steps 6000] [--decay_steps 1500]
+                                   [--seeds 0,1] [--models unet,cunet_rk4,cunet_heun]
                                    [--runs_dir runs/mnist_compare] [--out benchmarks/results/mnist_compare]
 
-Data: MNIST IDX files (--data; the 10k-image test set is enough), split into train and
-held-out by data.holdout_fraction (0.1: 9,000 / 1,000). Models: the DDPM U-Net
-(`unet`) and the cU-Net with every ODE block time-conditioned, at RK4 x1
-(`cunet_rk4`) and at Heun x1 (`cunet_heun`).
+Data: MNIST IDX files (--data), split into train and held-out by data.holdout_fraction.
+1. Learning rate: every model runs the sweep --lrs (seed 0, --sweep_steps steps) and keeps
+   the rate of the lowest mean loss over the sweep's last quarter; a wider --lrs extends a
+   finished sweep. The rate is constant, or with --decay_steps falls linearly to zero over
+   the last that many steps before --steps.
+2. Training: every model and seed advances in turns of --eval_every steps; after each turn
+   a run is checkpointed in <runs_dir>/<model>_lr<lr>_s<seed> and scored on
+   --num_eval_samples DDIM samples against the held-out split (evaluation.evaluate_samples
+   in the features of a classifier trained on the train split). Each model's step time is
+   measured with the models alternating in one process (once, or again with --retime).
+3. The real-data floor: as many train images as samples against the held-out ones, three
+   draws, taken at every start; a record scored with another floor is not continued.
 
-1. Learning rate: every model runs the same sweep (--lrs, seed 0, --sweep_steps
-   steps on the same batches); each keeps the rate with the lowest mean training
-   loss over the sweep's last quarter. The seed-0 run at that rate continues as the
-   model's first seed. A wider --lrs extends a finished sweep (only the new rates
-   run); a model whose choice moves starts its main runs at the new rate. The rate
-   stays constant, or with --decay_steps D falls linearly to zero over the last D
-   steps before --steps (warmup-stable-decay, training.lr_schedule=wsd). A run at a
-   constant rate is the same run as one with a decay until the decay starts, so a
-   decay may be added to an experiment whose runs have not passed its start.
-2. Training: every model and seed advances in turns of --eval_every steps, so an
-   interrupted experiment leaves all models at a like stage. After each turn a run
-   is checkpointed (orbax, a run directory that sample.py, evaluate.py, nfe_sweep.py
-   and denoise.py read) and scored on --num_eval_samples DDIM samples (fixed seed,
-   EMA params) against the held-out split: FD in the features of a classifier
-   trained on the train split, precision/recall, KID on standardised features, the
-   share of samples the classifier labels with p >= 0.9 and the entropy of their
-   class histogram. The step loop's wall-clock seconds are kept with every score, but
-   other load on the machine inflates them unevenly across runs; FD against time, the
-   seconds a cU-Net needs to reach the U-Net's FD and the U-Net's FD after as many
-   seconds as a cU-Net trained (interpolated between its scorings) therefore use steps x
-   each model's step time, measured with the models alternating in one process (once
-   per experiment, or again with --retime).
-   Every run of a model (sweep rates, seeds) shares one compiled step, which takes the
-   rate and the seed as arguments: the same numbers as a step compiled per run.
-3. The real-data floor: the same metrics for as many train images as samples,
-   against the same held-out images, over three draws. It is taken again at every
-   start: a record whose floor differs (another machine or library version trained
-   another feature classifier) is not continued, its scores and new ones being in
-   different features.
-
-Everything accumulates in <out>/train_compare.json; rerunning the same command
-continues where it stopped (checkpoints and scores already there are kept); a larger
---steps or more --seeds extends the experiment. A seed may also be added on its own
-(--seeds 1 after --seeds 0, say on another machine with the same JSON): the models' other
-seeds keep their scores, and the sample files stay those of each model's lowest seed. A run
-the JSON has scores of but --runs_dir has no checkpoint of stops the command (exit 2)
-rather than starting that run over. After every turn the report is
-rewritten: <out>/train_compare.png (FD against steps and against training seconds,
-mean and range over seeds, the floor as a band), <out>/samples_<model>.png (a grid)
-and <out>/samples_<model>.npz (`images`: uint8 NHWC, every sample of the latest
-scoring of the model's lowest seed's run, unfiltered).
-
-Presets: `cpu` (default; for 2 CPU cores, where one turn of 500 steps for the six
-runs of two seeds takes about 30 minutes and the sweep about 40): MNIST at
-16x16, batch 64, cU-Net nf 8 (ch_mult 2,4,8, attention at 4 px; 0.66 M parameters),
-U-Net ch 32 (ch_mult 1,2,2,2, attention at 8 px; 2.24 M, 3.4x). `gpu`:
-configs/mnist.py as it is (32x32, batch 128, cU-Net nf 16, U-Net ch 64), with
---time_budget giving every run the same training seconds.
+Everything accumulates in <out>/train_compare.json: the same command continues where it
+stopped, a larger --steps or more --seeds extends the experiment. After every turn the
+report (benchmarks.compare_report) is rewritten, with <out>/samples_<model>.{png,npz}
+(every sample of the latest scoring of the model's lowest seed). --report_only rewrites
+the report from the JSON alone. Presets: `cpu` (16 px, batch 64, narrow models) and `gpu`
+(configs/mnist.py as it is).
 """
 
 import argparse
@@ -64,26 +30,25 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import jax
+import ml_collections
 import numpy as np
+from jax.sharding import Mesh
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, markdown_table, write_json  # noqa: E402
-
-from odediff import data as data_lib  # noqa: E402
-from odediff import images, parallel  # noqa: E402
-from odediff.checkpoint import Checkpointer  # noqa: E402
-from odediff.config import config_differences, config_to_json, load_config_file  # noqa: E402
-from odediff.evaluation import Embedded, _all_images, embed, evaluate_samples, feature_space  # noqa: E402
-from odediff.models import build_denoiser  # noqa: E402
-from odediff.schedule import make_schedule  # noqa: E402
-from odediff.generation import make_sample_fn  # noqa: E402
-from odediff.train_state import abstract_train_state, create_train_state, make_optimizer  # noqa: E402
-from odediff.training import checkpoint_meta, make_train_step  # noqa: E402
+from benchmarks.common import machine, write_json
+from benchmarks.compare_report import MODELS, SCORES, write_report
+from odediff import data as data_lib
+from odediff import images, parallel
+from odediff.checkpoint import checkpoint_dir
+from odediff.data import ImageSource
+from odediff.config import load_config_file
+from odediff.evaluation import Embedded, FeatureSpace, all_images, embed, evaluate_samples, feature_space
+from odediff.generation import make_sample_fn
+from odediff.training import ConfigMismatch, TrainingRun
 
 REPO = Path(__file__).resolve().parents[1]
-MODELS = {"unet": ("unet", None), "cunet_rk4": ("cunet", "rk4"), "cunet_heun": ("cunet", "heun")}
 PRESETS = {
     "cpu": dict(image_size=16, batch=64, cunet_nf=8, cunet_ch_mult="2,4,8", cunet_attn="4",
                 unet_ch=32, unet_ch_mult="1,2,2,2", unet_attn="8"),
@@ -94,10 +59,12 @@ PRESETS = {
 PROTOCOL = ("preset", "image_size", "batch", "lrs", "sweep_steps", "eval_every", "num_eval_samples", "eval_steps",
             "ema", "cunet_nf", "cunet_ch_mult", "cunet_attn", "unet_ch", "unet_ch_mult", "unet_attn", "time_budget",
             "decay_steps", "decay_start")
-# Set once the rate decays: a constant-rate run is a wsd run until the decay starts, so the
-# decay may be added (once) while no run has passed its start. Their values before they existed:
-DECAY_KEYS = {"decay_steps": 0, "decay_start": None}
 SAMPLE_SEED = 1234
+
+
+def fail(message: str) -> NoReturn:
+    print(f"train_compare.py: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def ints(text: str) -> tuple[int, ...]:
@@ -105,36 +72,26 @@ def ints(text: str) -> tuple[int, ...]:
 
 
 def extends_grid(old: str, new: str) -> bool:
-    """Whether the learning-rate grid `new` holds every rate of `old` (a sweep may grow)."""
+    """Whether the learning-rate grid `new` holds every rate of `old`."""
     return {float(v) for v in old.split(",")} <= {float(v) for v in new.split(",")}
 
 
 def protocol_change(record: dict, protocol: dict) -> str:
-    """What continuing `record` with `protocol` changes ("" for nothing): a wider learning-rate
-    grid, or a decay added before any main run has passed its start. ValueError otherwise."""
-    old = {**DECAY_KEYS, **record["protocol"]}
+    """What continuing `record` with `protocol` changes: "" for nothing, a note for a wider
+    learning-rate grid; ValueError for any other difference."""
+    old = record["protocol"]
     diff = [k for k in PROTOCOL if old.get(k) != protocol[k]]
     if not diff:
         return ""
     if diff == ["lrs"] and extends_grid(old["lrs"], protocol["lrs"]):
         return f"extending the learning-rate sweep from {old['lrs']} to {protocol['lrs']}"
-    if set(diff) == set(DECAY_KEYS) and old["decay_steps"] == 0 and protocol["decay_start"] is not None:
-        start = protocol["decay_start"]
-        passed = [n for n in record.get("main_runs", [])
-                  if max((e["step"] for e in record["runs"][n]["evals"]), default=0) > start]
-        if not passed:
-            return f"adding a linear decay of the rate over steps {start:,}-{start + protocol['decay_steps']:,}"
-        raise ValueError(f"holds runs trained at a constant rate past step {start:,} ({', '.join(passed)}), where "
-                         f"the decay would start: pass a larger --steps, or another --out")
     raise ValueError(f"holds an experiment with other settings ({', '.join(diff)}): pass the same ones to "
-                     f"continue it (a wider --lrs may extend the sweep, a decay may be added before it starts), "
-                     f"or another --out")
+                     f"continue it (a wider --lrs may extend the sweep), or another --out")
 
 
 def other_feature_space(record: dict, floor: dict) -> str:
     """Why `record`'s scores cannot stand beside new ones ("" if they can): its real-data
-    floor, the same images, differs from `floor`, so its features came from another
-    classifier (another machine or library version may train another one)."""
+    floor, on the same images, differs from `floor`, so another classifier gave its features."""
     old = record.get("floor")
     if not old or old["num"] != floor["num"] or np.allclose(old["fd"], floor["fd"], rtol=1e-3, atol=0):
         return ""
@@ -142,7 +99,8 @@ def other_feature_space(record: dict, floor: dict) -> str:
             f"{np.mean(floor['fd']):.4f} (same images, another feature classifier): pass another --out")
 
 
-def make_config(a, model: str, lr: float, seed: int):
+def make_config(a: argparse.Namespace, model: str, lr: float, seed: int) -> ml_collections.ConfigDict:
+    """The run config of one model, rate and seed under the command's settings."""
     name, solver = MODELS[model]
     c = load_config_file(REPO / "configs" / "mnist.py")
     c.data.source = f"idx:{Path(a.data).resolve()}"
@@ -165,137 +123,113 @@ def make_config(a, model: str, lr: float, seed: int):
 
 
 class Run:
-    """One (model, learning rate, seed): its train state, compiled step, losses and scores,
-    kept in <runs_dir>/<name> and in the results record."""
+    """One (model, learning rate, seed): a TrainingRun in <runs_dir>/<name> with its losses,
+    training seconds and its entry in the record's runs (scores in "evals").
 
-    def __init__(self, a, model: str, lr: float, seed: int, record: dict, mesh, compiled: dict):
+    `cache` is shared by all runs of an invocation: the runs of a model share one compiled
+    step and sampler."""
+
+    def __init__(self, a: argparse.Namespace, model: str, lr: float, seed: int, record: dict, mesh: Mesh | None, cache: dict):
         self.name = f"{model}_lr{lr:g}_s{seed}"
         self.model_name, self.lr, self.seed = model, lr, seed
-        self.config = make_config(a, model, lr, seed)
-        self.dir = Path(a.runs_dir) / self.name
         self.rec = record.setdefault(self.name, {"model": model, "lr": lr, "seed": seed, "evals": []})
-        self.mesh, self.rep = mesh, parallel.replicated(mesh)
-        # The rate and the seed are arguments of the compiled step, so every run of a model
-        # (sweep, seeds) shares one compiled step, init and sampler.
-        self.compiled = compiled.setdefault(model, {})
-        self.hyper = jax.device_put((np.float32(lr), np.int32(seed)), self.rep)
-        self.model = build_denoiser(self.config.model)
-        self.tx = make_optimizer(self.config.training)
-        self.schedule = make_schedule(self.config.diffusion.beta_schedule, self.config.diffusion.num_timesteps)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        saved = self.dir / "config.json"
-        diffs = config_differences(json.loads(saved.read_text()), self.config) if saved.exists() else []
-        # a constant-rate run is the same run with a decay added, up to the decay's start
-        decay_added = set(diffs) == {"training.decay_steps", "training.lr_schedule"} and a.decay_start is not None
-        if diffs and not decay_added:
-            print(f"train_compare.py: {self.dir} holds a run with another config ({', '.join(diffs)}): "
-                  f"pass another --runs_dir", file=sys.stderr)
-            sys.exit(2)
-        self.ckpt = Checkpointer(self.dir, keep=2)
-        restored = self.ckpt.restore_latest(abstract_train_state(self.model, self.tx, self.config, self.rep))
-        if decay_added and restored is not None and restored[0] > a.decay_start:
-            print(f"train_compare.py: {self.dir} trained at a constant rate to step {restored[0]:,}, past the decay's "
-                  f"start ({a.decay_start:,}): pass a larger --steps or another --runs_dir", file=sys.stderr)
-            sys.exit(2)
-        if restored is None and self.rec["evals"]:
-            print(f"train_compare.py: {self.dir} holds no checkpoint, but the results record holds scores of "
-                  f"{self.name} up to step {max(e['step'] for e in self.rec['evals']):,}: pass the --runs_dir "
-                  f"that holds its checkpoints, or leave seed {seed} out of --seeds (its scores are kept)",
-                  file=sys.stderr)
-            sys.exit(2)
-        saved.write_text(config_to_json(self.config))
-        if restored is None:
-            if "init" not in self.compiled:
-                model_, tx, config = self.model, self.tx, self.config
-                self.compiled["init"] = jax.jit(lambda k: create_train_state(model_, tx, config, k),
-                                                out_shardings=self.rep)
-            self.state, self.step, meta = self.compiled["init"](jax.random.split(jax.random.key(seed))[0]), 0, {}
-        else:
-            self.step, self.state, meta = restored
-        self.train_seconds = float(meta.get("train_seconds", 0.0))
-        self.losses = list(meta.get("losses", []))[: self.step]
+        self.samplers = cache.setdefault("samplers", {})
+        directory = Path(a.runs_dir) / self.name
+        if self.rec["evals"] and not any(p.name.isdigit() for p in checkpoint_dir(directory).glob("*")):
+            fail(f"{directory} holds no checkpoint, but the results record holds scores of {self.name} up to step "
+                 f"{max(e['step'] for e in self.rec['evals']):,}: pass the --runs_dir that holds its checkpoints, "
+                 f"or leave seed {seed} out of --seeds (its scores are kept)")
+        try:
+            self.run = TrainingRun(make_config(a, model, lr, seed), directory, mesh, keep=2,
+                                   shared=cache.setdefault("training", {}))
+        except ConfigMismatch as e:
+            fail(f"{directory} holds a run with another config ({', '.join(e.differences)}): pass another --runs_dir")
+        self.train_seconds = float(self.run.meta.get("train_seconds", 0.0))
+        self.losses = list(self.run.meta.get("losses", []))[: self.step]
         self.rec["losses"] = self.losses
         self.rec["evals"] = [e for e in self.rec["evals"] if e["step"] <= self.step]
-        self.rec["params"] = int(sum(x.size for x in jax.tree.leaves(self.state.params)))
-        self._step_fn = None
+        self.rec["params"] = int(sum(x.size for x in jax.tree.leaves(self.run.state.params)))
 
-    def train_to(self, target: int, source) -> None:
+    @property
+    def step(self) -> int:
+        return self.run.step
+
+    def _batch(self, source: ImageSource, step: int) -> jax.Array:
+        c = self.run.config
+        return parallel.global_batch(data_lib.get_batch(source, c.data, c.training.batch_size, c.seed, step),
+                                     self.run.mesh)
+
+    def train_to(self, target: int, source: ImageSource) -> None:
+        """Trains to step `target` (compilation not timed) and checkpoints there."""
         if self.step >= target:
             return
-        c = self.config
-        self._compile(source)
+        self.run.compile(self._batch(source, self.step))
         t0, losses = time.perf_counter(), []
-        for s in range(self.step, target):
-            self.state, m = self._step_fn(self.state, self._batch(source, s))
-            losses.append(m["loss"])
-        jax.block_until_ready(self.state)
+        while self.step < target:
+            losses.append(self.run.train_step(self._batch(source, self.step))["loss"])
+        jax.block_until_ready(self.run.state)
         self.train_seconds += time.perf_counter() - t0
         self.losses += [float(v) for v in jax.device_get(losses)]
         if not np.isfinite(self.losses[-len(losses):]).all():
             print(f"{self.name}: non-finite losses before step {target}", flush=True)
-        self.step = target
-        meta = {**checkpoint_meta(c, target), "train_seconds": self.train_seconds, "losses": self.losses}
-        self.ckpt.save(target, self.state, meta, force=True)
+        self.run.save({"train_seconds": self.train_seconds, "losses": self.losses})
 
-    def _batch(self, source, step: int):
-        c = self.config
-        return parallel.global_batch(data_lib.get_batch(source, c.data, c.training.batch_size, c.seed, step), self.mesh)
-
-    def _compile(self, source) -> None:
-        if "step" not in self.compiled:
-            model, schedule, c = self.model, self.schedule, self.config
-
-            def step(state, batch, lr, seed):
-                return make_train_step(model, make_optimizer(c.training, lr), schedule, c, seed)(state, batch)
-
-            fn = jax.jit(step, out_shardings=(self.rep, self.rep), donate_argnums=0)
-            self.compiled["step"] = fn.lower(self.state, self._batch(source, 0), *self.hyper).compile()
-        if self._step_fn is None:
-            step, hyper = self.compiled["step"], self.hyper
-            self._step_fn = parallel.one_step_at_a_time(lambda state, batch: step(state, batch, *hyper), self.mesh)
-
-    def time_steps(self, source, steps: int) -> float:
-        """Seconds per step of the compiled step on a copy of the state (the run is not
-        advanced), one batch already on the devices."""
-        self._compile(source)
+    def time_steps(self, source: ImageSource, steps: int) -> float:
+        """Seconds per step on a copy of the state (the run does not advance), one batch on the devices."""
         batch = self._batch(source, 0)
-        state = jax.tree.map(lambda x: x.copy(), self.state)
-        state, _ = self._step_fn(state, batch)
+        self.run.compile(batch)
+        state = jax.tree.map(lambda x: x.copy(), self.run.state)
+        state, _ = self.run.step_fn(state, batch)
         jax.block_until_ready(state)
         t0 = time.perf_counter()
         for _ in range(steps):
-            state, _ = self._step_fn(state, batch)
+            state, _ = self.run.step_fn(state, batch)
         jax.block_until_ready(state)
         return (time.perf_counter() - t0) / steps
 
     def samples(self, num: int) -> np.ndarray:
-        if ("sample", num) not in self.compiled:
-            fn = make_sample_fn(self.model, self.schedule, self.config, num, mesh=self.mesh)
-            self.compiled["sample", num] = fn.lower(self.state.ema_params, jax.random.key(SAMPLE_SEED)).compile()
-        images_, _ = self.compiled["sample", num](self.state.ema_params, jax.random.key(SAMPLE_SEED))
+        """`num` uint8 samples of the EMA params, always from the same key."""
+        r, key = self.run, jax.random.key(SAMPLE_SEED)
+        if (self.model_name, num) not in self.samplers:
+            fn = make_sample_fn(r.model, r.schedule, r.config, num, mesh=r.mesh)
+            self.samplers[self.model_name, num] = fn.lower(r.state.ema_params, key).compile()
+        images_, _ = self.samplers[self.model_name, num](r.state.ema_params, key)
         return data_lib.to_uint8(parallel.to_host(images_))
 
     def close(self) -> None:
-        self.ckpt.close()
+        self.run.close()
 
 
-SCORES = ("fd", "precision", "recall", "kid_mean", "kid_std", "confident_fraction", "confident_entropy",
-          "class_histogram_tv")
-
-
-def score(samples: np.ndarray, real: Embedded, space) -> dict:
+def score(samples: np.ndarray, real: Embedded, space: FeatureSpace) -> dict:
     ev = evaluate_samples(samples, real, space, kid_subsets=20, kid_subset_size=min(len(samples), 500))
     return {k: ev[k] for k in SCORES}
 
 
-def real_floor(train_source, real: Embedded, space, num: int, draws: int = 3) -> dict:
-    """The metrics of `num` train images against the held-out ones, per draw."""
-    rows = [score(_all_images(train_source, num, seed=100 + d)[0], real, space) for d in range(draws)]
+def real_floor(train_source: ImageSource, real: Embedded, space: FeatureSpace, num: int, draws: int = 3) -> dict:
+    """The scores of `num` train images against the held-out ones, per draw."""
+    rows = [score(all_images(train_source, num, seed=100 + d)[0], real, space) for d in range(draws)]
     return {"num": num, "draws": rows, **{k: [r[k] for r in rows] for k in SCORES}}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main_runs(record: dict, names: list[str], chosen: dict) -> list[str]:
+    """The main runs after this invocation: its own (`names`) and those of earlier ones at a
+    model's chosen rate, so a seed added on its own joins the seeds already scored."""
+    earlier = [n for n in record.get("main_runs", [])
+               if record["runs"][n]["model"] in chosen and record["runs"][n]["lr"] == chosen[record["runs"][n]["model"]]]
+    return sorted(set(earlier) | set(names))
+
+
+def time_models(runs: dict[str, Run], source: ImageSource, steps: int, repeats: int) -> dict:
+    """Each model's step time, the models alternating `repeats` times in this one process."""
+    times: dict[str, list[float]] = {m: [] for m in runs}
+    for _ in range(repeats):
+        for m, r in runs.items():
+            times[m].append(r.time_steps(source, steps))
+    return {m: {"median": float(np.median(v)), "all": v} for m, v in times.items()}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="train_compare.py", description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "mnist"),
                     help="directory with MNIST IDX files (*images-idx3-ubyte[.gz] and labels)")
     ap.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
@@ -323,37 +257,40 @@ def main() -> None:
     ap.add_argument("--timing_repeats", type=int, default=3)
     ap.add_argument("--retime", action="store_true", help="measure the models' step times again")
     ap.add_argument("--report_only", action="store_true", help="rewrite the report from the JSON, train nothing")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     for k, v in PRESETS[a.preset].items():
         if getattr(a, k) is None:
             setattr(a, k, v)
-    parallel.use_cpu_cores(a.batch)
     bad = [m for m in a.models.split(",") if m not in MODELS]
     if bad:
         ap.error(f"unknown --models {bad}: choose from {list(MODELS)}")
     if a.num_eval_samples % 2 or a.num_eval_samples < 10:
         ap.error("--num_eval_samples must be even and at least 10")
-    out = Path(a.out)
-    path = out / "train_compare.json"
-    record = json.loads(path.read_text()) if path.exists() else {}
     if a.decay_steps and not 100 <= a.steps - a.decay_steps:
         ap.error(f"--decay_steps {a.decay_steps} leaves no constant phase before --steps {a.steps}")
     a.decay_start = a.steps - a.decay_steps if a.decay_steps else None
+    return a
+
+
+def main() -> None:
+    a = parse_args()
+    parallel.use_cpu_cores(a.batch)
+    out = Path(a.out)
+    path = out / "train_compare.json"
+    record = json.loads(path.read_text()) if path.exists() else {}
     protocol = {k: getattr(a, k) for k in PROTOCOL}
     if record:
         try:
             note = protocol_change(record, protocol)
         except ValueError as e:
-            print(f"train_compare.py: {path} {e}", file=sys.stderr)
-            sys.exit(2)
+            fail(f"{path} {e}")
         if note:
             print(note, flush=True)
     if a.report_only:
-        report(record, out)
+        write_report(record, out)
         return
     if not any(Path(a.data).glob("*images-idx3-ubyte*")):
-        print(f"train_compare.py: no MNIST IDX files in {a.data} (pass --data <dir>)", file=sys.stderr)
-        sys.exit(2)
+        fail(f"no MNIST IDX files in {a.data} (pass --data <dir>)")
     jax.config.update("jax_compilation_cache_dir", str(Path(a.runs_dir).absolute() / ".jax_cache"))
     record.update(protocol=protocol, machine=machine())
     record.setdefault("runs", {})
@@ -363,12 +300,11 @@ def main() -> None:
     data_config = make_config(a, models[0], lrs[0], 0).data
     source = data_lib.load_source(data_config, "train")
     space = feature_space(data_config, a.cache_dir, classifier_steps=a.classifier_steps)
-    real = embed(_all_images(data_lib.load_source(data_config, "test"))[0], space)  # once, for every scoring
+    real = embed(all_images(data_lib.load_source(data_config, "test"))[0], space)  # once, for every scoring
     record["feature_space"] = {k: v for k, v in space.info.items() if k != "classifier_cache"}
     floor = real_floor(source, real, space, a.num_eval_samples)
     if other := other_feature_space(record, floor):
-        print(f"train_compare.py: {path} {other}", file=sys.stderr)
-        sys.exit(2)
+        fail(f"{path} {other}")
     record["floor"] = floor
     print(f"{len(source)} train / {len(real)} held-out images; classifier test accuracy "
           f"{space.info['classifier_test_accuracy']:.4f}; real-data FD floor "
@@ -378,13 +314,13 @@ def main() -> None:
         write_json(path, record)
 
     record.setdefault("sweep", {})
-    chosen, compiled = {}, {}
+    chosen, cache = {}, {}
     for m in models:
         sweep = record["sweep"].setdefault(m, {})
         for lr in lrs:
             if f"{lr:g}" in sweep:
                 continue
-            r = Run(a, m, lr, seeds[0], record["runs"], mesh, compiled)
+            r = Run(a, m, lr, seeds[0], record["runs"], mesh, cache)
             r.train_to(a.sweep_steps, source)
             tail = r.losses[a.sweep_steps - a.sweep_steps // 4: a.sweep_steps]
             sweep[f"{lr:g}"] = float(np.mean(tail))
@@ -395,10 +331,10 @@ def main() -> None:
         chosen[m] = float(min(sweep, key=lambda k: sweep[k] if np.isfinite(sweep[k]) else np.inf))
     record["lr"] = chosen
 
-    runs = [Run(a, m, chosen[m], s, record["runs"], mesh, compiled) for s in seeds for m in models]
+    runs = [Run(a, m, chosen[m], s, record["runs"], mesh, cache) for s in seeds for m in models]
     record["main_runs"] = main_runs(record, [r.name for r in runs], chosen)
     files_seed = {m: min(record["runs"][n]["seed"] for n in record["main_runs"] if record["runs"][n]["model"] == m)
-                 for m in models}
+                  for m in models}
     if a.retime or set(record.get("step_seconds", {})) != set(models):
         record["step_seconds"] = time_models({m: next(r for r in runs if r.model_name == m) for m in models},
                                              source, a.timed_steps, a.timing_repeats)
@@ -429,202 +365,10 @@ def main() -> None:
                   f"rec {ev['recall']:.2f} confident {ev['confident_fraction']:.2f} "
                   f"({r.train_seconds:.0f} s training, {ev['eval_seconds']:.0f} s scoring)", flush=True)
             save()
-        report(record, out)
+        write_report(record, out)
     for r in runs:
         r.close()
-    report(record, out)
-
-
-def main_runs(record: dict, names: list[str], chosen: dict) -> list[str]:
-    """The main runs after this invocation: its own (`names`) and those of earlier ones at a
-    model's chosen rate, so a seed added on its own joins the seeds already scored."""
-    earlier = [n for n in record.get("main_runs", [])
-               if record["runs"][n]["model"] in chosen and record["runs"][n]["lr"] == chosen[record["runs"][n]["model"]]]
-    return sorted(set(earlier) | set(names))
-
-
-def time_models(runs: dict, source, steps: int, repeats: int) -> dict:
-    """Each model's step time, the models alternating `repeats` times in this one process,
-    so that other load on the machine falls on all of them alike."""
-    times: dict[str, list[float]] = {m: [] for m in runs}
-    for _ in range(repeats):
-        for m, r in runs.items():
-            times[m].append(r.time_steps(source, steps))
-    return {m: {"median": float(np.median(v)), "all": v} for m, v in times.items()}
-
-
-def final_scores(record: dict) -> tuple[int, dict]:
-    """The last step every main run was scored at, and each model's scores there per seed.
-    Under a time budget, each run's last scoring instead (its budget's end: equal seconds,
-    different steps), and step 0."""
-    main = [record["runs"][n] for n in record.get("main_runs", []) if record["runs"][n]["evals"]]
-    if not main:
-        return 0, {}
-    budget = record["protocol"].get("time_budget")
-    step = 0 if budget else min(max(e["step"] for e in r["evals"]) for r in main)
-    per_model = {}
-    for r in main:
-        if budget:
-            ev = max(r["evals"], key=lambda e: e["step"])
-        else:
-            ev = next((e for e in r["evals"] if e["step"] == step), None)
-        if ev is not None:
-            per_model.setdefault(r["model"], []).append({"seed": r["seed"], **ev})
-    return step, per_model
-
-
-def fd_at_seconds(evals: list[dict], step_seconds: float, seconds: float) -> float | None:
-    """A run's FD after `seconds` of training (steps x step time), interpolated in log FD
-    between its scorings; None outside the scored range (no extrapolation)."""
-    evals = sorted(evals, key=lambda e: e["step"])
-    x = np.array([e["step"] * step_seconds for e in evals])
-    if not len(x) or not x[0] <= seconds <= x[-1]:
-        return None
-    return float(np.exp(np.interp(seconds, x, np.log([e["fd"] for e in evals]))))
-
-
-def fd_by_step(record: dict) -> str:
-    """Markdown: every main run's FD at each scored step, then each cU-Net's mean FD over
-    the U-Net's mean at the steps where all of them were scored."""
-    runs = sorted((record["runs"][n] for n in record["main_runs"]), key=lambda r: (list(MODELS).index(r["model"]), r["seed"]))
-    steps = sorted({e["step"] for r in runs for e in r["evals"]})
-    rows = [[r["model"], f"{r['lr']:g}", r["seed"]] + [next((f"{e['fd']:.1f}" for e in r["evals"] if e["step"] == t), "")
-                                                       for t in steps] for r in runs]
-    mean = {}
-    for t in steps:
-        for m in {r["model"] for r in runs}:
-            fd = [e["fd"] for r in runs if r["model"] == m for e in r["evals"] if e["step"] == t]
-            if len(fd) == sum(r["model"] == m for r in runs):
-                mean[m, t] = float(np.mean(fd))
-    for m in dict.fromkeys(r["model"] for r in runs):
-        if m != "unet":
-            rows.append([f"{m} / unet (mean FD)", "", ""] + [f"{mean[m, t] / mean['unet', t]:.2f}" if (m, t) in mean and
-                                                              ("unet", t) in mean else "" for t in steps])
-    return markdown_table(["run", "lr", "seed"] + [f"step {t:,}" for t in steps], rows)
-
-
-def equal_seconds_text(s: dict, step: int) -> str:
-    """The U-Net's FD after as many seconds as this model trained, with this model's own FD
-    when that is taken at an earlier step than the table's (the decay's start)."""
-    if not s.get("unet_fd_at_equal_seconds_mean"):
-        return ""
-    text = f"{s['unet_fd_at_equal_seconds_mean']:.2f}"
-    if s["equal_seconds_step"] != step:
-        text += f" (vs {s['fd_at_equal_seconds_step_mean']:.2f} at step {s['equal_seconds_step']:,})"
-    return text
-
-
-def report(record: dict, out: Path) -> None:
-    """The summary table (printed, stored in the JSON and, with every run's FD per step, in
-    <out>/train_compare.md) and the plot."""
-    if not record.get("main_runs"):
-        return
-    step, per_model = final_scores(record)
-    floor = record["floor"]
-    step_seconds = {m: v["median"] for m, v in record.get("step_seconds", {}).items()}
-    summary = {"step": step, "floor_fd_mean": float(np.mean(floor["fd"])), "floor_fd_std": float(np.std(floor["fd"])),
-               "models": {}}
-    for m, rows in per_model.items():
-        s = {"seeds": [r["seed"] for r in rows], "lr": record["lr"][m],
-             "params": record["runs"][next(n for n in record["main_runs"] if record["runs"][n]["model"] == m)]["params"],
-             "train_seconds_mean": float(np.mean([r["train_seconds"] for r in rows])),
-             "step_seconds": step_seconds.get(m)}
-        for k in SCORES:
-            v = [r[k] for r in rows]
-            s[k + "_mean"], s[k + "_std"], s[k] = float(np.mean(v)), float(np.std(v)), v
-        s["fd_over_floor"] = s["fd_mean"] / summary["floor_fd_mean"]
-        summary["models"][m] = s
-    u = summary["models"].get("unet")
-    for m, s in summary["models"].items():
-        if u is None or m == "unet":
-            continue
-        # a ratio only where both have several seeds and their ranges do not overlap
-        lo, hi = min(s["fd"]), max(s["fd"])
-        separated = min(len(s["fd"]), len(u["fd"])) >= 2 and (hi < min(u["fd"]) or lo > max(u["fd"]))
-        s["fd_ratio_to_unet"] = s["fd_mean"] / u["fd_mean"] if separated else None
-        reach = []
-        for n in record["main_runs"]:
-            r = record["runs"][n]
-            if r["model"] == m:
-                hit = next((e for e in sorted(r["evals"], key=lambda e: e["step"]) if e["fd"] <= u["fd_mean"]), None)
-                reach.append(None if hit is None else (hit["step"], hit["step"] * step_seconds.get(m, np.nan)))
-        s["reach_unet_final_fd"] = reach
-        if not step:
-            continue  # a time budget: the final scores are at equal seconds already
-        # the other way round: where the U-Net's runs stood after this model's training seconds.
-        # Once the rate decays, that U-Net would be at a constant rate still, so this is taken
-        # at the decay's start: a decayed model against an undecayed one would flatter the first.
-        decay_start = record["protocol"].get("decay_start")
-        eq_step = min(step, decay_start) if decay_start else step
-        seconds = eq_step * step_seconds.get(m, np.nan)
-        at = [fd_at_seconds(record["runs"][n]["evals"], step_seconds.get("unet", np.nan), seconds)
-              for n in record["main_runs"] if record["runs"][n]["model"] == "unet"]
-        own = [e["fd"] for n in record["main_runs"] if record["runs"][n]["model"] == m
-               for e in record["runs"][n]["evals"] if e["step"] == eq_step]
-        s["equal_seconds_step"] = eq_step
-        s["fd_at_equal_seconds_step_mean"] = float(np.mean(own)) if own else None
-        s["train_seconds_steps"] = seconds
-        s["unet_fd_at_equal_seconds"] = at
-        s["unet_fd_at_equal_seconds_mean"] = float(np.mean(at)) if at and None not in at else None
-    record["summary"] = summary
-    write_json(out / "train_compare.json", record)  # the machine it ran on, also when only reported here
-
-    rows = [["real data (train vs held-out)", "", "", f"{summary['floor_fd_mean']:.2f} ± {summary['floor_fd_std']:.2f}",
-             "1.0", f"{np.mean(floor['precision']):.3f} / {np.mean(floor['recall']):.3f}",
-             f"{np.mean(floor['confident_fraction']):.3f} / {np.mean(floor['confident_entropy']):.2f}", "", "", ""]]
-    for m, s in summary["models"].items():
-        rows.append([m, f"{s['params']:,}", f"{s['lr']:g}", f"{s['fd_mean']:.2f} ± {s['fd_std']:.2f}",
-                     f"{s['fd_over_floor']:.1f}", f"{s['precision_mean']:.3f} / {s['recall_mean']:.3f}",
-                     f"{s['confident_fraction_mean']:.3f} / {s['confident_entropy_mean']:.2f}",
-                     f"{s['step_seconds'] * 1e3:.0f}" if s["step_seconds"] else "",
-                     f"{s['train_seconds_mean']:.0f}",
-                     equal_seconds_text(s, step)])
-    seeds = len(next(iter(per_model.values()), []))
-    if step:
-        title = f"step {step}, {seeds} seeds"
-    else:
-        reached = "; ".join(m + " " + "/".join(f"{r['step']:,}" for r in seed_rows) for m, seed_rows in per_model.items())
-        title = (f"each run's first scoring after {record['protocol']['time_budget']:g} s of training "
-                 f"(steps {reached}), {seeds} seeds")
-    title += f", FD of {floor['num']} samples vs held-out (mean ± std over seeds)"
-    table = markdown_table(["model", "params", "lr", "FD", "FD / floor", "precision / recall",
-                            "p>=0.9 share / entropy (bits)", "step ms (side by side)", "training s (wall)",
-                            "U-Net FD at this model's steps x step time"], rows)
-    print(f"\n{title}\n{table}", flush=True)
-    (out / "train_compare.md").write_text(f"{title}\n\n{table}\n\n{fd_by_step(record)}\n")
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
-    for ax, per_step, label in ((axes[0], None, "training step"),
-                                (axes[1], step_seconds, "training seconds (steps x step time, measured side by side)")):
-        for m in per_model:
-            if per_step is not None and m not in per_step:
-                continue
-            curves = [sorted(record["runs"][n]["evals"], key=lambda e: e["step"]) for n in record["main_runs"]
-                      if record["runs"][n]["model"] == m]
-            n = min(len(c) for c in curves)
-            x = np.array([e["step"] for e in curves[0][:n]]) * (1.0 if per_step is None else per_step[m])
-            fd = np.array([[e["fd"] for e in c[:n]] for c in curves])
-            (line,) = ax.plot(x, fd.mean(0), "o-", ms=3, label=f"{m} ({len(curves)} seeds)")
-            ax.fill_between(x, fd.min(0), fd.max(0), color=line.get_color(), alpha=0.2)
-        f_lo, f_hi = min(floor["fd"]), max(floor["fd"])
-        ax.axhspan(f_lo, f_hi, color="k", alpha=0.15, label="real data (train vs held-out)")
-        start = record["protocol"].get("decay_start")
-        if start and per_step is None:
-            ax.axvline(start, color="k", ls=":", lw=1, label="learning-rate decay starts")
-        ax.set(xlabel=label, ylabel="FD (classifier features) vs held-out", yscale="log")
-        ax.grid(True, alpha=0.3)
-    axes[0].legend()
-    p = record["protocol"]
-    fig.suptitle(f"MNIST {p['image_size']}x{p['image_size']}, batch {p['batch']}, {floor['num']} DDIM-{p['eval_steps']} "
-                 f"samples per point (mean, min-max over seeds)")
-    fig.tight_layout()
-    fig.savefig(out / "train_compare.png")
-    plt.close(fig)
+    write_report(record, out)
 
 
 if __name__ == "__main__":

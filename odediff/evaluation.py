@@ -10,7 +10,8 @@
   any package and nothing is downloaded.
 * `evaluate_samples(samples, real, space)`: FD, KID, precision/recall and the
   class histogram of the samples.
-* `evaluate_run(...)`: the above for N samples of a trained run (what evaluate.py runs).
+* `score_run(...)`: the above for N samples of a trained run; `evaluate_run` also writes
+  them to the run's directory (what evaluate.py runs).
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def real_embedding(data_config: ml_collections.ConfigDict, split: str, num: int 
         with np.load(path) as f:
             return Embedded(f["features"], f["probabilities"] if "probabilities" in f else None,
                             f["predictions"] if "predictions" in f else None)
-    images, _ = _all_images(data_lib.load_source(data_config, split), num, seed=seed)
+    images, _ = all_images(data_lib.load_source(data_config, split), num, seed=seed)
     e = embed(images, space)
     if space.key and cache_dir:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -120,7 +121,9 @@ def classifier_key(data_config: ml_collections.ConfigDict, steps: int) -> str:
     return f"classifier_{slug}_{digest}_{data_config.image_size}px_{data_config.channels}ch_{steps}steps"
 
 
-def _all_images(source: data_lib.ImageSource, limit: int | None = None, seed: int = 0) -> np.ndarray:
+def all_images(source: data_lib.ImageSource, limit: int | None = None, seed: int = 0
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """A source's images and their indices: all in order, or `limit` drawn with `seed` (sorted)."""
     idx = np.arange(len(source))
     if limit is not None and limit < len(source):
         idx = np.sort(np.random.default_rng(seed).choice(len(source), limit, replace=False))
@@ -165,8 +168,8 @@ def feature_space(
     from odediff.features import classifier_features, classifier_logits, load_or_train_classifier
 
     test = data_lib.load_source(data_config, "test")
-    train_x, train_idx = _all_images(train, max_train_images)
-    test_x, test_idx = _all_images(test)
+    train_x, train_idx = all_images(train, max_train_images)
+    test_x, test_idx = all_images(test)
     key = classifier_key(data_config, classifier_steps)
     t0 = time.perf_counter()
     params, accuracy = load_or_train_classifier(
@@ -302,7 +305,7 @@ def format_metrics(result: dict) -> str:
 # ----------------------------------------------------------------------------- runs
 
 
-def evaluate_run(
+def score_run(
     workdir: str | Path,
     *,
     step: int | None = None,
@@ -310,15 +313,21 @@ def evaluate_run(
     sampling: dict | None = None,
     seed: int = 0,
     batch: int = 250,
+    labels: np.ndarray | None = None,
+    null_class: bool = False,
     cache_dir: str | Path | None = None,
     inception_weights: str | None = None,
     classifier_steps: int = 1000,
     num_real: int | None = None,
-) -> tuple[dict, Path]:
-    """Generates `num` samples of a run's EMA params with its sampling block (fields in
-    `sampling` replaced), compares them with the held-out ("test") split and writes
-    <workdir>/eval_<step>_<sampler><steps>[_cfg<w>].json. A class-conditional run
-    draws the classes in turn and is also scored on `class_accuracy`."""
+) -> tuple[dict, np.ndarray]:
+    """Restores a run's EMA params (newest step unless `step`), draws `num` samples with its
+    sampling block (fields in `sampling` replaced) and scores them with `evaluate_samples`
+    against `num_real` (default `num`) held-out ("test") images, the same number of train
+    images as the floor.
+
+    A class-conditional run draws `labels` (default: the classes in turn) and is also scored
+    on `class_accuracy`; with `null_class` it draws its unconditional samples instead.
+    Returns the scores with the run and sampling described, and the uint8 NHWC samples."""
     from odediff.generation import class_labels, describe_sampling, generate, restore_run, with_sampling
 
     if num < 2:
@@ -326,7 +335,8 @@ def evaluate_run(
     config, params, step = restore_run(workdir, step)
     config = with_sampling(config, **(sampling or {}))
     sc = config.sampling
-    labels = class_labels(config.model.num_classes, num) if config.model.num_classes else None
+    if config.model.num_classes and labels is None and not null_class:
+        labels = class_labels(config.model.num_classes, num)
     cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir(workdir)
     space = feature_space(config.data, cache_dir, inception_weights=inception_weights,
                           classifier_steps=classifier_steps)
@@ -341,7 +351,29 @@ def evaluate_run(
         "samples_per_second": num / max(seconds, 1e-9), "data_source": str(config.data.source),
         "real_split": "test", "reference_split": "train",
     })
-    name = f"eval_{step}_{sc.sampler}{sc.steps}" + (f"_cfg{sc.guidance:g}" if sc.guidance else "")
+    return result, samples
+
+
+def evaluate_run(
+    workdir: str | Path,
+    *,
+    step: int | None = None,
+    num: int = 1000,
+    sampling: dict | None = None,
+    seed: int = 0,
+    batch: int = 250,
+    cache_dir: str | Path | None = None,
+    inception_weights: str | None = None,
+    classifier_steps: int = 1000,
+    num_real: int | None = None,
+) -> tuple[dict, Path]:
+    """`score_run`'s scores, also written to <workdir>/eval_<step>_<sampler><steps>[_cfg<w>].json;
+    returns them and that path."""
+    result, _ = score_run(workdir, step=step, num=num, sampling=sampling, seed=seed, batch=batch,
+                          cache_dir=cache_dir, inception_weights=inception_weights,
+                          classifier_steps=classifier_steps, num_real=num_real)
+    guidance = result["sampling"].get("guidance")
+    name = f"eval_{result['step']}_{result['sampler']}{result['steps']}" + (f"_cfg{guidance:g}" if guidance else "")
     path = Path(workdir) / f"{name}.json"
     path.write_text(json.dumps(result, indent=2))
     return result, path

@@ -1,16 +1,12 @@
 """The sample-quality benchmarks' command lines: which points they run, and misuse."""
 
-import subprocess
 import sys
 
 import jax
 import jax.numpy as jnp
+import pytest
 
-from helpers import REPO
-
-sys.path.insert(0, str(REPO / "benchmarks"))
-import nfe_sweep  # noqa: E402
-import paper_table  # noqa: E402
+from benchmarks import denoise, nfe_sweep, paper_table
 
 
 def test_the_nfe_sweep_runs_every_sampler_at_each_nfe_and_the_ancestral_reference_only_when_asked():
@@ -21,14 +17,12 @@ def test_the_nfe_sweep_runs_every_sampler_at_each_nfe_and_the_ancestral_referenc
     assert nfe_sweep.points([10], ancestral_steps=250)[-1][:2] == ("ancestral", 250)
 
 
-def test_denoise_refuses_runs_it_could_not_tell_apart_in_its_table(tmp_path):
-    a, b = tmp_path / "a" / "run", tmp_path / "b" / "run"
-    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "denoise.py"), "--workdirs", str(a), str(b)],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "distinct names" in r.stderr
-    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "denoise.py")], capture_output=True, text=True,
-                       timeout=120)
-    assert r.returncode == 2 and "--workdirs" in r.stderr
+@pytest.mark.parametrize("args, message", [(["--workdirs", "a/run", "b/run"], "distinct names"), ([], "--workdirs")])
+def test_denoise_refuses_runs_it_could_not_tell_apart_in_its_table(args, message, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["denoise.py", *args])
+    with pytest.raises(SystemExit) as e:
+        denoise.main()
+    assert e.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_the_paper_table_counts_flops_on_a_cpu_lowering_with_two_per_multiply_add():

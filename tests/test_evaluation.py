@@ -152,6 +152,30 @@ def test_evaluate_py_end_to_end(tmp_path):
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
+def test_score_run_draws_a_conditional_runs_classes_in_turn_unless_told_otherwise(tmp_path, monkeypatch):
+    from helpers import tiny_config
+    from odediff import generation as G
+
+    c = tiny_config()
+    c.model.num_classes = 3
+    drawn = []
+
+    def generate(config, params, num, *, seed, batch, labels):
+        drawn.append(labels)
+        return _images(num, seed), 0.5, config.sampling.steps
+
+    monkeypatch.setattr(G, "restore_run", lambda workdir, step: (c, None, 7))
+    monkeypatch.setattr(G, "generate", generate)
+    monkeypatch.setattr(E, "feature_space", lambda *a, **k: _space())
+    result, samples = E.score_run(tmp_path, num=6, sampling={"steps": 2}, cache_dir=tmp_path)
+    assert list(drawn[-1]) == [0, 1, 2, 0, 1, 2] and "class_accuracy" in result and samples.shape == (6, 8, 8, 1)
+    assert (result["step"], result["nfe"], result["num_real"], result["num_reference"]) == (7, 2, 6, 6)
+    result, _ = E.score_run(tmp_path, num=6, null_class=True, num_real=10, cache_dir=tmp_path)
+    assert drawn[-1] is None and "class_accuracy" not in result and result["num_real"] == 10
+    E.score_run(tmp_path, num=6, labels=np.full(6, 2), cache_dir=tmp_path)
+    assert list(drawn[-1]) == [2] * 6
+
+
 def test_confidence_stats_share_and_entropy_of_the_confident():
     p = np.array([[0.95, 0.05], [0.5, 0.5], [0.05, 0.95], [0.92, 0.08]])
     r = E.confidence_stats(p, 0.9)
@@ -170,7 +194,7 @@ def test_real_embeddings_are_cached_per_data_set_split_draw_and_space(tmp_path, 
     space.key = "test-space"
     first = E.real_embedding(c, "test", 20, 1, space, tmp_path)
     assert len(list(tmp_path.glob("real_*.npz"))) == 1
-    x = E._all_images(data_lib.load_source(c, "test"), 20, seed=1)[0]
+    x = E.all_images(data_lib.load_source(c, "test"), 20, seed=1)[0]
     np.testing.assert_allclose(first.features, space.features(x))
     np.testing.assert_array_equal(first.predictions, space.predict(x))
 

@@ -148,13 +148,8 @@ def test_inception_npz_roundtrip_and_torch_conversion(inception_vars, tmp_path):
 def test_inception_matches_pytorch_fid_with_identical_weights(tmp_path):
     """tests/fixtures/inception_pytorch_fid.npz: pytorch-fid's FID Inception (pool3, resize to
     299) on fixed images with seeded weights, from benchmarks/inception_fixture.py."""
-    import sys
-
+    from benchmarks.inception_fixture import seeded_state_dict
     from helpers import REPO
-
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from inception_fixture import seeded_state_dict
-
     from odediff.data import to_model_range
 
     with np.load(REPO / "tests" / "fixtures" / "inception_pytorch_fid.npz") as f:

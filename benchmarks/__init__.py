@@ -1,0 +1,1 @@
+"""Benchmarks and experiments over odediff, run as `python -m benchmarks.<name>`."""
