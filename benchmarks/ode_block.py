@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks.common import machine, markdown_table, median_time, write_json
-from odediff.models.ode import MODES, VectorField, solve
+from odediff.models.ode import MODES, ODESettings, VectorField, solve
 
 
 def hand_unrolled(field, y, args, solver: str, steps: int):
@@ -46,7 +46,7 @@ def main() -> None:
         params = vf.init(jax.random.key(1), y, film, film)["params"]
         field = lambda s, p: vf.apply({"params": p}, s, film, film)
         for solver in ("euler", "rk4"):
-            runs = {m: (lambda m: lambda p, s: solve(field, s, p, solver=solver, num_steps=a.steps, mode=m))(m) for m in MODES}
+            runs = {m: (lambda m: lambda p, s: solve(field, s, p, ODESettings(solver, a.steps, m)))(m) for m in MODES}
             runs["hand"] = lambda p, s: hand_unrolled(field, s, p, solver, a.steps)
             t = {}
             for name, fn in runs.items():

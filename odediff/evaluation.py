@@ -367,13 +367,16 @@ def evaluate_run(
     classifier_steps: int = 1000,
     num_real: int | None = None,
 ) -> tuple[dict, Path]:
-    """`score_run`'s scores, also written to <workdir>/eval_<step>_<sampler><steps>[_cfg<w>].json;
+    """`score_run`'s scores, also written to <workdir>/eval_<step>_<sampler><steps>[_cfg<w>][_blocks-<solver>x<steps>].json;
     returns them and that path."""
     result, _ = score_run(workdir, step=step, num=num, sampling=sampling, seed=seed, batch=batch,
                           cache_dir=cache_dir, inception_weights=inception_weights,
                           classifier_steps=classifier_steps, num_real=num_real)
     guidance = result["sampling"].get("guidance")
+    from odediff.generation import block_tag
+
     name = f"eval_{result['step']}_{result['sampler']}{result['steps']}" + (f"_cfg{guidance:g}" if guidance else "")
+    name += block_tag(ml_collections.ConfigDict(result["sampling"]))
     path = Path(workdir) / f"{name}.json"
     path.write_text(json.dumps(result, indent=2))
     return result, path
