@@ -433,32 +433,52 @@ def existing(reference, tmp_path_factory) -> Path:
     return workdir
 
 
-BAD_TRAIN = {
-    "unknown config file": (["--config=configs/nope.py"], 1, r"config file configs/nope.py does not exist: pass a path to one, or one of"),
-    "renamed config key": (["--config.sampling.num_steps=5"], 1,  # after --config.training.num_steps in ARGS
-                           r"unknown field 'num_steps' in --config.sampling.num_steps: sampling.num_steps was renamed "
-                           r"sampling.steps \(pass --config.sampling.steps=5\)"),
-    "wrong type": (["--config.training.batch_size=abc"], 1, r"--config.training.batch_size=abc: invalid literal for int"),
-    "unknown dataset": (["--config.data.source=imagenet"], 1, r"data.source='imagenet' is not known: use one of"),
-    "missing source path": (["--config.data.source=npz:/nonexistent/x.npz"], 1, r"npz:/nonexistent/x.npz does not exist"),
-    "tfds offline": (["--config.data.source=tfds:mnist", "--config.data.data_dir={empty}"], 1,
+def test_a_bad_flag_is_one_line_and_exit_2_from_the_command_line(existing):
+    before = _snapshot(existing)
+    proc = run("train.py", f"--workdir={existing}", *ARGS, "--config.training.batch_size=abc")
+    _usage_error(proc, "train.py", r"--config.training.batch_size=abc: invalid literal for int")
+    assert _snapshot(existing) == before
+
+
+def test_an_unknown_config_file_is_one_line_listing_the_shipped_ones(capsys):
+    from odediff import cli
+
+    with pytest.raises(SystemExit) as stop:
+        cli.resolve_config_arg(["train.py", "--config=configs/nope.py"])
+    assert stop.value.code == 2
+    assert re.fullmatch(r"train.py: error: config file configs/nope.py does not exist: pass a path to one, or one "
+                        r"of .*\n", capsys.readouterr().err)
+
+
+BAD_TRAIN = {  # config field -> value, and the one line it gives
+    "unknown dataset": ({"data.source": "imagenet"}, r"data.source='imagenet' is not known: use one of"),
+    "missing source path": ({"data.source": "npz:/nonexistent/x.npz"}, r"npz:/nonexistent/x.npz does not exist"),
+    "tfds offline": ({"data.source": "tfds:mnist", "data.data_dir": "{empty}"},
                      r"tfds dataset 'mnist' is not prepared in \S+ and cannot be downloaded offline"),
-    "image size": (["--config.data.image_size=10"], 1, r"data.image_size=10 is not divisible by 4"),
-    "batch vs devices": (["--config.training.batch_size=6"], 4, r"batch_size=6 is not divisible by the 4 devices"),
-    "different config": (["--config.model.cunet.nf=8"], 1,
+    "image size": ({"data.image_size": 10}, r"data.image_size=10 is not divisible by 4"),
+    "batch vs devices": ({"training.batch_size": 6}, r"batch_size=6 is not divisible by the 4 devices"),
+    "different config": ({"model.cunet.nf": 8},
                          r"holds a run with a different config \(model.cunet.nf\): .*--allow_config_change"),
 }
 
 
 @pytest.mark.parametrize("case", BAD_TRAIN)
-def test_bad_train_input_is_one_line_and_changes_nothing(existing, tmp_path, case):
-    args, devices, pattern = BAD_TRAIN[case]
-    args = [a.format(empty=tmp_path) for a in args]
-    config_file = [a for a in args if a.startswith("--config=")]  # must come before the overrides
+def test_bad_train_input_is_one_line_and_changes_nothing(existing, tmp_path, case, capsys):
+    from odediff import cli
+    from odediff.training import train_and_evaluate
+
+    fields, pattern = BAD_TRAIN[case]
+    config = tiny_config()
+    config.training.num_steps = N
+    for key, value in fields.items():
+        group, _, name = key.rpartition(".")
+        config[group][name] = value.format(empty=tmp_path) if isinstance(value, str) else value
     before = _snapshot(existing)
-    proc = run("train.py", *config_file, f"--workdir={existing}", *ARGS,
-               *[a for a in args if a not in config_file], devices=devices)
-    _usage_error(proc, "train.py", pattern)
+    with pytest.raises(SystemExit) as stop:
+        cli.run_main("train.py", lambda: train_and_evaluate(config, str(existing)))
+    lines = [line for line in capsys.readouterr().err.splitlines() if line]
+    assert stop.value.code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("train.py: error: ") and re.search(pattern, lines[0]), lines[0]
     assert _snapshot(existing) == before
     assert not list(tmp_path.iterdir())  # not even the empty tfds data_dir was written to
 
