@@ -26,10 +26,7 @@ import orbax.checkpoint as ocp
 from benchmarks.common import machine, markdown_table, write_json
 from odediff import checkpoint, data, parallel
 from odediff.config import load_config_file
-from odediff.models import build_denoiser
-from odediff.schedule import make_schedule
-from odediff.train_state import create_train_state, make_optimizer
-from odediff.training import make_train_step
+from odediff.training import TrainingRun
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -88,27 +85,25 @@ def main() -> None:
     config = load_config_file(a.config)
     parallel.use_cpu_cores(config.training.batch_size)
     mesh = parallel.make_mesh()
-    rep = parallel.replicated(mesh)
-    model, tx = build_denoiser(config.model), make_optimizer(config.training)
-    schedule = make_schedule(config.diffusion.beta_schedule, config.diffusion.num_timesteps)
-    init = jax.jit(lambda k: create_train_state(model, tx, config, k), out_shardings=rep)
     source = data.load_source(config.data, "train")
     batch = parallel.global_batch(data.get_batch(source, config.data, config.training.batch_size, 0, 0), mesh)
-    fn = jax.jit(make_train_step(model, tx, schedule, config), out_shardings=(rep, rep))
-    fn = fn.lower(init(jax.random.key(0)), batch).compile()
-    num_params = sum(x.size for x in jax.tree.leaves(init(jax.random.key(0)).params))
     results: dict[str, dict[str, list[float]]] = {k: {"step": [], "save_step": []} for k in WAYS}
     with tempfile.TemporaryDirectory() as tmp:
+        run = TrainingRun(config, Path(tmp) / "run", mesh)  # the training loop's step
+        run.compile(batch)
+        fresh = lambda: jax.tree.map(lambda x: x.copy(), run.state)
+        num_params = sum(x.size for x in jax.tree.leaves(run.state.params))
         for i, saver in enumerate(WAYS.values()):  # a first save compiles the checksums, outside the timing
             ckpt = saver(Path(tmp) / f"warmup_{i}")
-            ckpt.save(0, init(jax.random.key(0)), {"step": 0}, force=True)
+            ckpt.save(0, fresh(), {"step": 0}, force=True)
             ckpt.close()
         for r in range(a.repeats):
             for name, saver in WAYS.items():
-                step, saving = timed_run(fn, init(jax.random.key(0)), batch, a.steps, saver, Path(tmp) / f"{r}_{len(name)}")
+                step, saving = timed_run(run.step_fn, fresh(), batch, a.steps, saver, Path(tmp) / f"{r}_{len(name)}")
                 results[name]["step"].append(step)
                 results[name]["save_step"].append(saving)
                 print(f"{name}: step {step * 1e3:.1f} ms, step with save {saving * 1e3:.1f} ms", flush=True)
+        run.close()
     rows = []
     for name, v in results.items():
         step, saving = statistics.median(v["step"]), statistics.median(v["save_step"])

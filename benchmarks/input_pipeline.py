@@ -92,16 +92,9 @@ def step_alone(config, steps: int, workdir: Path) -> float:
     run = TrainingRun(config, workdir, mesh)
     source = data.load_source(config.data, "train")
     batch = parallel.global_batch(data.get_batch(source, config.data, config.training.batch_size, 0, 0), mesh)
-    state = run.state
-    for _ in range(5):
-        state, _ = run.step_fn(state, batch)
-    jax.block_until_ready(state)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        state, _ = run.step_fn(state, batch)
-    jax.block_until_ready(state)
+    seconds = run.seconds_per_step(batch, steps, warmup=5)
     run.close()
-    return (time.perf_counter() - t0) / steps
+    return seconds
 
 
 def loop_step(config, steps: int, prefetch: int, workdir: Path) -> float:

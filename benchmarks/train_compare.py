@@ -154,7 +154,8 @@ class Run:
     def step(self) -> int:
         return self.run.step
 
-    def _batch(self, source: ImageSource, step: int) -> jax.Array:
+    def batch(self, source: ImageSource, step: int) -> jax.Array:
+        """The run's batch of step `step`, on the devices."""
         c = self.run.config
         return parallel.global_batch(data_lib.get_batch(source, c.data, c.training.batch_size, c.seed, step),
                                      self.run.mesh)
@@ -163,29 +164,16 @@ class Run:
         """Trains to step `target` (compilation not timed) and checkpoints there."""
         if self.step >= target:
             return
-        self.run.compile(self._batch(source, self.step))
+        self.run.compile(self.batch(source, self.step))
         t0, losses = time.perf_counter(), []
         while self.step < target:
-            losses.append(self.run.train_step(self._batch(source, self.step))["loss"])
+            losses.append(self.run.train_step(self.batch(source, self.step))["loss"])
         jax.block_until_ready(self.run.state)
         self.train_seconds += time.perf_counter() - t0
         self.losses += [float(v) for v in jax.device_get(losses)]
         if not np.isfinite(self.losses[-len(losses):]).all():
             print(f"{self.name}: non-finite losses before step {target}", flush=True)
         self.run.save({"train_seconds": self.train_seconds, "losses": self.losses})
-
-    def time_steps(self, source: ImageSource, steps: int) -> float:
-        """Seconds per step on a copy of the state (the run does not advance), one batch on the devices."""
-        batch = self._batch(source, 0)
-        self.run.compile(batch)
-        state = jax.tree.map(lambda x: x.copy(), self.run.state)
-        state, _ = self.run.step_fn(state, batch)
-        jax.block_until_ready(state)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            state, _ = self.run.step_fn(state, batch)
-        jax.block_until_ready(state)
-        return (time.perf_counter() - t0) / steps
 
     def samples(self, num: int) -> np.ndarray:
         """`num` uint8 samples of the EMA params, always from the same key."""
@@ -224,7 +212,7 @@ def time_models(runs: dict[str, Run], source: ImageSource, steps: int, repeats: 
     times: dict[str, list[float]] = {m: [] for m in runs}
     for _ in range(repeats):
         for m, r in runs.items():
-            times[m].append(r.time_steps(source, steps))
+            times[m].append(r.run.seconds_per_step(r.batch(source, 0), steps))
     return {m: {"median": float(np.median(v)), "all": v} for m, v in times.items()}
 
 

@@ -327,6 +327,19 @@ class TrainingRun:
         self.step += 1
         return metrics
 
+    def seconds_per_step(self, batch: Batch, steps: int, warmup: int = 1) -> float:
+        """Wall seconds per step on `batch` (already on the devices) after `warmup` steps, timed
+        on a copy of the state: the run does not advance."""
+        state = jax.tree.map(lambda x: x.copy(), self.state)
+        for _ in range(warmup):
+            state, _ = self.step_fn(state, batch)
+        jax.block_until_ready(state)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            state, _ = self.step_fn(state, batch)
+        jax.block_until_ready(state)
+        return (time.perf_counter() - t0) / steps
+
     def save(self, meta: dict | None = None) -> None:
         """Checkpoints the state at the current step, its record `checkpoint_meta` and `meta`."""
         self.checkpointer.save(self.step, self.state, {**checkpoint_meta(self.config, self.step), **(meta or {})},

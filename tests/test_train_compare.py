@@ -55,6 +55,8 @@ def test_the_runs_of_a_model_share_one_compiled_step_and_each_keeps_its_rate_and
     (programs,) = cache["training"].values()
     assert programs.compiled is not None
     assert second.losses == alone.losses and first.losses[0] != second.losses[0]
+    timed = tc.time_models({"cunet_heun": second}, source, steps=1, repeats=2)  # the shared step, on a copy
+    assert len(timed["cunet_heun"]["all"]) == 2 and second.step == 3
     resumed = tc.Run(a, "cunet_heun", 4e-3, 1, record, mesh, {})  # the checkpoint's losses and seconds
     assert resumed.step == 3 and resumed.losses == alone.losses and resumed.train_seconds == alone.train_seconds
     resumed.close()
