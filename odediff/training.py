@@ -247,9 +247,6 @@ def check_workdir_config(workdir: str | Path, config: ml_collections.ConfigDict,
         raise ConfigMismatch(Path(workdir), diffs)
 
 
-_check_workdir_config = check_workdir_config
-
-
 @dataclasses.dataclass
 class _Programs:
     """What runs differing only in learning rate and seed share: model, optimizer, schedule,

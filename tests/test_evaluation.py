@@ -100,7 +100,7 @@ def test_denoise_with_an_oracle_recovers_its_x0_at_every_step(sampler, predictio
 
 
 def test_denoise_stops_at_t0_and_runs_a_tiny_model():
-    from helpers import tiny_config
+    from helpers import perturbed, tiny_config
     from odediff.models import build_denoiser
 
     c = tiny_config("cunet")
@@ -109,9 +109,12 @@ def test_denoise_stops_at_t0_and_runs_a_tiny_model():
     params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,), jnp.int32))["params"]
     s = make_schedule("linear", 50)
     apply = lambda p, x, t: model.apply({"params": p}, x, t)
-    r = D.denoise(apply, params, s, "eps", clean, 0.05, 100, jax.random.key(1), batch=1)
+    r = D.denoise(apply, perturbed(params, jax.random.key(2)), s, "eps", clean, 0.05, 100, jax.random.key(1), batch=1)
     assert r["steps"] == r["t_star"] + 1  # the chain ends at t = 0
     assert all(np.isfinite(r["psnr_curve"])) and all(np.isfinite(r["ssim_curve"]))
+    # the initial params predict eps = 0 (zero-initialised output): the model's output must move the chain
+    zero = D.denoise(apply, params, s, "eps", clean, 0.05, 100, jax.random.key(1), batch=1)
+    assert np.abs(np.subtract(r["psnr_curve"], zero["psnr_curve"])).max() > 0.01
 
 
 def test_classical_baselines_beat_the_noisy_input():

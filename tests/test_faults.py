@@ -546,21 +546,21 @@ def test_checkpoints_of_another_format_are_refused_and_left_alone(existing, tmp_
 @pytest.mark.parametrize("schedule", ["cosine", "wsd"])
 def test_a_decaying_run_resumes_only_with_the_num_steps_it_started_with(tmp_path, schedule):
     from odediff.config import ConfigError, config_to_json
-    from odediff.training import _check_workdir_config
+    from odediff.training import check_workdir_config
 
     config = tiny_config()
     config.training.update(lr_schedule=schedule, num_steps=100, decay_steps=50)
     (tmp_path / "config.json").write_text(config_to_json(config))
-    _check_workdir_config(tmp_path, config, allow_config_change=False)
+    check_workdir_config(tmp_path, config, allow_config_change=False)
     config.training.num_steps = 200
     for allow in (False, True):
         with pytest.raises(ConfigError, match=rf"training.num_steps=100, and its {schedule} learning-rate schedule is "
                                               r"built from it: pass --config.training.num_steps=100 to resume it"):
-            _check_workdir_config(tmp_path, config, allow_config_change=allow)
+            check_workdir_config(tmp_path, config, allow_config_change=allow)
     config.training.lr_schedule = "constant"  # a constant rate does not depend on num_steps
     (tmp_path / "config.json").write_text(config_to_json(config))
     config.training.num_steps = 300
-    _check_workdir_config(tmp_path, config, allow_config_change=False)
+    check_workdir_config(tmp_path, config, allow_config_change=False)
 
 
 def test_the_state_checksum_sees_any_changed_word_and_not_the_sharding():

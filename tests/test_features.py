@@ -100,12 +100,6 @@ def test_inception_pool3_shape(inception_vars):
     np.testing.assert_allclose(f1, f3, rtol=1e-5, atol=1e-6)
 
 
-def test_inception_resize_path(inception_vars):
-    x = np.zeros((1, 16, 16, 3), np.float32)
-    f = I.inception_features(inception_vars, x)  # resized to 299x299
-    assert f.shape == (1, 2048)
-
-
 def test_inception_npz_roundtrip_and_torch_conversion(inception_vars, tmp_path):
     path = tmp_path / "inception.npz"
     I.save_inception_params(path, inception_vars)
