@@ -289,6 +289,17 @@ def test_the_papers_table_at_batch_1_2_on_one_h200(readme, page):
                              f"{r['forward_batch2_s']:.2f}x (batch 2)", "one H200"]) == []
 
 
+def test_op_counts(page):
+    d = _json("op_counts.json")["settings"]
+    big, small = d["celeba64"], d["mnist16"]
+    quotes = [f"{big['cunet'][f]['ops']:,} ops against {big['unet'][f]['ops']:,}" for f in ("train_step",)]
+    quotes += [f"{big['cunet']['forward']['ops']} ops against {big['unet']['forward']['ops']}",
+               f"{small['cunet_heun']['forward']['ops']} ops against the U-Net's {small['unet']['forward']['ops']}",
+               f"{big['cunet']['gflop_per_image'] / big['unet']['gflop_per_image']:.3f}x the U-Net's FLOPs",
+               f"{small['cunet_heun']['gflop_per_image'] / small['unet']['gflop_per_image']:.2f}x its FLOPs"]
+    assert not _missing(page, quotes)
+
+
 def test_one_ode_block(page):
     t = _json("ode_block.json")
     rows, unrolled_fwd, unrolled_grad, diffeqsolve_grad = [], [], [], []
