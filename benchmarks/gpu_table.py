@@ -12,8 +12,8 @@ what it measured):
    device's dense peak for the dtype (PEAK_TFLOPS); XLA's memory analysis of the compiled
    step (arguments + outputs + temporaries - aliased) and the device's peak bytes in use so
    far (a high-water mark of the whole process, where the device reports one). The step is
-   jitted as the training loop jits it (donated state, replicated outputs), on one batch
-   already on the devices.
+   the training loop's own (odediff.training.TrainingRun: donated state, the rate and the
+   seed as arguments), on one batch already on the devices.
 2. DDIM 50 (eta 0, float32, the library's sampler as training's sample grids use it) at
    each of --sample_batches (1, 256): images/s, median of a few runs after one that compiles.
 3. The training loop (odediff.training.train_and_evaluate) on a folder: source of
