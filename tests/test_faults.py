@@ -175,8 +175,10 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_with_one_checkpo
 # ---------------------------------------------------------------------------- damaged checkpoints
 
 
-def _biggest_array_file(step_dir: Path) -> Path:
-    return max((step_dir / "state").rglob("ocdbt.process_0/d/*"), key=lambda p: p.stat().st_size)
+def _truncate_array_files(step_dir: Path) -> None:
+    """Cuts every array data file to 100 bytes: the EMA params sampling reads among them."""
+    for path in (step_dir / "state").rglob("ocdbt.process_0/d/*"):
+        os.truncate(path, 100)
 
 
 def _alter_an_array(step_dir: Path) -> None:
@@ -190,7 +192,7 @@ def _alter_an_array(step_dir: Path) -> None:
 
 DAMAGE = {  # what a crash, a full disk or a bad copy leaves behind in a step directory
     "no commit marker": (lambda d: (d / "commit_success.txt").unlink(), r"no commit_success.txt"),
-    "truncated array file": (lambda d: os.truncate(_biggest_array_file(d), 100), r"files cannot be read"),
+    "truncated array files": (_truncate_array_files, r"files cannot be read"),
     "altered array": (_alter_an_array, r"differ from the checksum"),
     "no array metadata": (lambda d: (d / "state" / "_METADATA").unlink(), r"files cannot be read"),
     "no state": (lambda d: shutil.rmtree(d / "state"), r"files cannot be read"),
@@ -256,7 +258,7 @@ def test_restore_run_reads_the_ema_params_alone_and_older_checkpoints_whole(refe
 def test_cli_reports_a_damaged_checkpoint_and_training_resumes_before_it(reference, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(reference, workdir)
-    os.truncate(_biggest_array_file(workdir / "checkpoints" / str(N)), 100)
+    _truncate_array_files(workdir / "checkpoints" / str(N))
     before = _snapshot(workdir)
     _usage_error(run("sample.py", f"--workdir={workdir}", "--num=2"), "sample.py",
                  rf"checkpoint step {N} in \S+ is unusable: its files cannot be read \(.*\)")
