@@ -10,12 +10,6 @@ jax.config.update("jax_num_cpu_devices", 4)
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).parent))  # tests/helpers.py
-
-
 import pytest  # noqa: E402
 
 pytest_plugins = ["pytester", "suite_budget"]
