@@ -52,9 +52,13 @@ def with_sampling(config: ml_collections.ConfigDict, **fields) -> ml_collections
     return config
 
 
+def _block_choice(sampling: ml_collections.ConfigDict) -> tuple[str, int]:
+    return sampling.get("block_solver") or "", sampling.get("block_steps") or 0
+
+
 def block_tag(sampling: ml_collections.ConfigDict) -> str:
     """The file-name part naming a block solver chosen at sampling time ("" for the model's own)."""
-    solver, steps = sampling.get("block_solver") or "", sampling.get("block_steps") or 0
+    solver, steps = _block_choice(sampling)
     return f"_blocks-{solver or 'own'}x{steps or 'own'}" if solver or steps else ""
 
 
@@ -62,7 +66,7 @@ def sampling_model(model, config: ml_collections.ConfigDict):
     """`model` as `config.sampling` has it solved: a cU-Net's ODE blocks with
     `sampling.block_solver` in `sampling.block_steps` steps where set (same params).
     ConfigError, one line, where they are set for a U-Net or cannot be used."""
-    solver, steps = config.sampling.get("block_solver") or "", config.sampling.get("block_steps") or 0
+    solver, steps = _block_choice(config.sampling)
     if not solver and not steps:
         return model
     given = f"sampling.block_solver={solver!r}, sampling.block_steps={steps}"
