@@ -1,5 +1,6 @@
 """The train state and what builds it: optimizer, learning-rate schedule, initial and abstract states."""
 
+import functools
 from typing import Any
 
 import flax.struct
@@ -60,7 +61,15 @@ def make_optimizer(tc: ml_collections.ConfigDict, learning_rate: float | jax.Arr
 
 
 def init_params(model, config: ml_collections.ConfigDict, key: jax.Array) -> Any:
-    x = jnp.zeros((1, config.data.image_size, config.data.image_size, config.data.channels), jnp.float32)
+    """The denoiser's initial params for `config`'s image shape, from `key`."""
+    return _init_params(model, (config.data.image_size, config.data.image_size, config.data.channels), key)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _init_params(model, image_shape: tuple[int, int, int], key: jax.Array) -> Any:
+    # One compiled program per model and shape: run eagerly, init dispatches every op of a
+    # forward pass one by one, each compiled on first use (seconds per process on a CPU).
+    x = jnp.zeros((1, *image_shape), jnp.float32)
     return model.init(key, x, jnp.zeros((1,), jnp.int32))["params"]
 
 

@@ -1,8 +1,11 @@
-"""Test setup: 4 fake CPU devices and strict promotion, set before JAX initialises."""
+"""Test setup: 4 fake CPU devices, compile-light XLA flags and strict promotion, set before JAX
+initialises."""
 
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+# Compile-light: LLVM's optimisations cost more compile time than these tiny programs run for.
+LIGHT_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=4 {LIGHT_XLA_FLAGS}")
 
 import jax  # noqa: E402
 

@@ -1,6 +1,7 @@
 """Tiny settings that keep end-to-end tests fast on 2 CPU cores."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,10 @@ TINY = [
 ]
 
 
+# Per-program override of conftest's compile-light flags, for tests where float numerics are the point.
+FULL_OPTIMISATION = {"xla_backend_optimization_level": 2, "xla_llvm_disable_expensive_passes": False}
+
+
 def tiny_config(name: str = "cunet"):
     """The digits config shrunk the way TINY shrinks it on the command line."""
     from odediff.config import load_config_file
@@ -34,13 +39,16 @@ def tiny_config(name: str = "cunet"):
     return c
 
 
-def _env(devices: int) -> dict:
-    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+def subprocess_env(devices: int = 1, **extra: str) -> dict:
+    """This process's environment for a child on `devices` fake CPU devices, other XLA flags kept."""
+    flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", os.environ.get("XLA_FLAGS", ""))
+    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} {flags}".strip(),
+            "JAX_PLATFORMS": "cpu", **extra}
 
 
 def run(script: str, *args: str, devices: int = 1, timeout: int = 300) -> subprocess.CompletedProcess:
     """Runs train.py / sample.py as a user would, on `devices` fake CPU devices."""
-    return subprocess.run([sys.executable, str(REPO / script), *args], cwd=REPO, env=_env(devices),
+    return subprocess.run([sys.executable, str(REPO / script), *args], cwd=REPO, env=subprocess_env(devices),
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from helpers import REPO, TINY, run, tiny_config
+from helpers import REPO, TINY, run, subprocess_env, tiny_config
 from odediff import cli, parallel
 from odediff.checkpoint import CheckpointError, Checkpointer, FormatError, _disk_full, state_checksum
 from odediff.generation import restore_run
@@ -83,8 +83,7 @@ class _Train:
     """train.py started in the background, its output going to files."""
 
     def __init__(self, workdir: Path, log: Path, *extra: str, devices: int = 1):
-        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-               "JAX_PLATFORMS": "cpu"}
+        env = subprocess_env(devices)
         self.out, self.err = open(log.with_suffix(".out"), "w+"), open(log.with_suffix(".err"), "w+")
         self.workdir = workdir
         self.proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), f"--workdir={workdir}", *ARGS, *extra],
@@ -388,8 +387,7 @@ cli.run_main("train.py", cli.train_main)
 def _faulty_train(tmp_path: Path, *args: str, **env: int) -> subprocess.CompletedProcess:
     script = tmp_path / "faulty_train.py"
     script.write_text(FAULTY_TRAIN)
-    e = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu",
-         **{k: str(v) for k, v in env.items()}}
+    e = subprocess_env(1, **{k: str(v) for k, v in env.items()})
     return subprocess.run([sys.executable, str(script), *args], cwd=REPO, env=e, capture_output=True, text=True,
                           timeout=300)
 

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import FULL_OPTIMISATION
 from odediff import samplers as S
 from odediff.schedule import make_schedule
 
@@ -58,7 +59,7 @@ def oracle(prediction: str = "eps"):
 def _jitted(name: str):
     fn = S.SAMPLERS[name]
     names = [a for a in STATIC if a in inspect.signature(fn).parameters]
-    return jax.jit(fn, static_argnums=(0, 3), static_argnames=names)
+    return jax.jit(fn, static_argnums=(0, 3), static_argnames=names, compiler_options=FULL_OPTIMISATION)
 
 
 @functools.cache
