@@ -129,8 +129,9 @@ def help_text(prog: str, about: str) -> str:
 
 
 def run_main(prog: str, main) -> None:
-    """Runs `main()`, turning the errors a user can fix into one line and exit code 2, and
-    a disk that filled up while a checkpoint was saved into one line and exit code 3."""
+    """Runs `main()`, turning the errors a user can fix into one line and exit code 2, a
+    non-finite loss that stopped training into one line and exit code 1, and a disk that
+    filled up while a checkpoint was saved into one line and exit code 3."""
     absl_logging.set_verbosity(absl_logging.ERROR)  # libraries' absl warnings are noise to a user
     try:
         main()
@@ -138,6 +139,12 @@ def run_main(prog: str, main) -> None:
         _fail(prog, str(e))
     except DiskFullError as e:
         _fail(prog, str(e), code=3)
+    except RuntimeError as e:
+        from odediff.training import NonFiniteError  # imported when needed: --help stays quick
+
+        if not isinstance(e, NonFiniteError):
+            raise
+        _fail(prog, str(e), code=1)
 
 
 # ---------------------------------------------------------------------------- train.py
@@ -201,22 +208,19 @@ def define_train_flags(prog: str = "train.py") -> None:
     flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
 
 
-def train_main(prog: str = "train.py") -> None:
-    """Trains with the parsed flags; a non-finite loss ends it with one line and exit code 1."""
+def train_main() -> None:
+    """Trains with the parsed flags."""
     from odediff import parallel
 
     f = flags.FLAGS
     if not f.coordinator_address and (f.num_processes or 1) == 1:
         parallel.use_cpu_cores(f.config.training.batch_size)
     parallel.initialize_distributed(f.coordinator_address, f.num_processes, f.process_id)
-    from odediff.training import NonFiniteError, train_and_evaluate
+    from odediff.training import train_and_evaluate
 
     name = Path(config_flags.get_config_filename(f["config"])).stem
     workdir = f.workdir or str(Path("runs") / name)
-    try:
-        train_and_evaluate(f.config, workdir, allow_config_change=f.allow_config_change)
-    except NonFiniteError as e:
-        _fail(prog, str(e), code=1)
+    train_and_evaluate(f.config, workdir, allow_config_change=f.allow_config_change)
 
 
 # ---------------------------------------------------------------------------- sample.py
@@ -381,7 +385,7 @@ def train_entry() -> None:
     prog = program_name("train.py")
     define_train_flags(prog)
     parse_flags(prog, sys.argv, TRAIN_ABOUT)
-    run_main(prog, lambda: train_main(prog))
+    run_main(prog, train_main)
 
 
 def sample_entry() -> None:

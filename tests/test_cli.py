@@ -31,8 +31,11 @@ def test_train_resume_and_sample_on_digits(tmp_path):
     assert list((wd / "tensorboard").iterdir()), "no TensorBoard events"
     assert (wd / "samples" / "step_00000004.png").is_file()
 
-    # Resuming continues at step 4 and trains to 6 (num_steps may grow on resume).
-    _ok(run("train.py", f"--workdir={wd}", "--config.training.num_steps=6", *TINY))
+    # Resuming continues at step 4 and trains to 6 (num_steps may grow on resume); in this
+    # process, with the config the flags above build.
+    config = tiny_config()
+    config.training.num_steps = 6
+    train_and_evaluate(config, wd)
     assert Checkpointer(wd).steps()[-1] == 6
     steps = [json.loads(line)["step"] for line in (wd / "metrics.jsonl").read_text().splitlines()]
     assert steps == [2, 4, 6]
@@ -111,6 +114,8 @@ def test_a_conditional_run_without_labels_draws_the_classes_in_turn():
     assert cli.parse_labels(None, 0, 2) == (None, 0)  # an unconditional run
     labels, cols = cli.parse_labels("3,1", 10, 2)
     assert labels.tolist() == [3, 3, 1, 1] and cols == 2
+    labels, cols = cli.parse_labels("all", 3, 2)
+    assert labels.tolist() == [0, 0, 1, 1, 2, 2] and cols == 2
 
 
 @pytest.mark.parametrize("command", ["odediff-train", "odediff-sample", "odediff-evaluate"])
@@ -125,22 +130,19 @@ def test_the_installed_commands_name_themselves_in_their_errors(command, tmp_pat
 
 def test_conditional_run_samples_by_class_with_every_sampler_option_from_the_command_line(tmp_path):
     wd = tmp_path / "cond"
-    _ok(run("train.py", "--config=digits_cond", f"--workdir={wd}", "--config.training.num_steps=2", *TINY))
+    config = tiny_config(config_file="digits_cond.py")
+    config.training.num_steps = 2
+    train_and_evaluate(config, wd)
+    # without --labels (sampling.guidance is 2 in this config), the classes in turn
     out = tmp_path / "s" / "by_class"
-    proc = _ok(run("sample.py", f"--workdir={wd}", "--num=2", "--labels=all", "--guidance=2",
-                   "--sampling.sampler=ode", "--sampling.solver=heun", "--sampling.steps=20", f"--out={out}"))
+    proc = _ok(run("sample.py", f"--workdir={wd}", "--num=12", "--guidance=2", "--sampling.sampler=ode",
+                   "--sampling.solver=heun", "--sampling.steps=20", f"--out={out}"))
     assert "ode steps=20 solver=heun" in proc.stdout and "guidance=2" in proc.stdout
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["sampling"]["solver"] == "heun" and record["sampling"]["steps"] == 20
-    assert record["nfe"] == 2 * 19 + 1 and record["labels"] == [c for c in range(10) for _ in range(2)]
+    assert record["nfe"] == 2 * 19 + 1 and record["labels"] == [*range(10), 0, 1]
     saved = np.load(out.with_suffix(".npz"))
-    assert saved["images"].shape == (20, 8, 8, 1) and saved["labels"].tolist() == record["labels"]
-
-    # without --labels (sampling.guidance is 2 in this config), the classes in turn
-    proc = _ok(run("sample.py", f"--workdir={wd}", "--num=3", f"--out={out}_default"))
-    assert "guidance=2" in proc.stdout
-    record = json.loads(Path(f"{out}_default.json").read_text())
-    assert record["labels"] == [0, 1, 2] and np.load(f"{out}_default.npz")["images"].shape == (3, 8, 8, 1)
+    assert saved["images"].shape == (12, 8, 8, 1) and saved["labels"].tolist() == record["labels"]
 
     # bad sampling input: one line and exit 2 from the command line, each check in-process below
     proc = run("sample.py", f"--workdir={wd}", "--num=2", "--steps=3", "--sampling.steps=4")

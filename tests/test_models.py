@@ -44,6 +44,16 @@ def test_cunet_is_at_most_a_quarter_of_the_unet_at_the_paper_setting():
     assert n_cunet / n_unet <= 0.25, (n_cunet, n_unet)
 
 
+def test_a_unet_narrower_than_32_channels_builds_with_attention_at_any_level():
+    c = default_config()
+    c.model.name = "unet"
+    c.model.unet.update(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8, 4))  # 16 and 32 channels
+    model = build_denoiser(c.model)
+    out = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), jnp.zeros((2, 8, 8, 1)),
+                                                        jnp.zeros((2,), jnp.int32))[0])
+    assert out.shape == (2, 8, 8, 1)
+
+
 def _with(c, name):
     c = c.copy_and_resolve_references()
     c.model.name = name

@@ -111,7 +111,8 @@ def make_norm(kind: str, channels: int) -> nn.Module:
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention over pixels with a residual; `norm` is "rms" or "group32"."""
+    """Multi-head self-attention over pixels with a residual; `norm` is "rms" or "group32" (32 groups,
+    or as many as divide narrower channels)."""
 
     num_heads: int
     head_dim: int
@@ -120,7 +121,7 @@ class SelfAttention(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         b, h, w, c = x.shape
-        y = nn.RMSNorm()(x) if self.norm == "rms" else GroupNorm(num_groups=32)(x)
+        y = nn.RMSNorm()(x) if self.norm == "rms" else GroupNorm(num_groups=math.gcd(32, c))(x)
         y = y.reshape(b, h * w, c)
         q, k, v = (
             nn.DenseGeneral((self.num_heads, self.head_dim), name=n)(y) for n in ("q", "k", "v")
