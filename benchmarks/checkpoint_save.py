@@ -37,14 +37,19 @@ class HostChecksumSaver:
 
     def __init__(self, workdir: Path, keep: int = 2):
         handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
-        self._manager = ocp.CheckpointManager(checkpoint.checkpoint_dir(workdir), item_handlers=handlers,
-                                              options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+        self._manager = ocp.CheckpointManager(
+            checkpoint.checkpoint_dir(workdir),
+            item_handlers=handlers,
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        )
 
     def save(self, step: int, state, meta: dict, *, force: bool = False) -> None:
         crc = 0
         for leaf in jax.tree.leaves(state):
             crc = zlib.crc32(np.ascontiguousarray(parallel.to_host(leaf)).reshape(-1).view(np.uint8), crc)
-        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave({**meta, "state_crc32": crc}))
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave({**meta, "state_crc32": crc})
+        )
         self._manager.save(step, args=args, force=force)
 
     def close(self) -> None:
@@ -52,8 +57,10 @@ class HostChecksumSaver:
         self._manager.close()
 
 
-WAYS = {"host checksum (before)": HostChecksumSaver,
-        "device checksum (now)": lambda workdir: checkpoint.Checkpointer(workdir, keep=2)}
+WAYS = {
+    "host checksum (before)": HostChecksumSaver,
+    "device checksum (now)": lambda workdir: checkpoint.Checkpointer(workdir, keep=2),
+}
 
 
 def timed_run(fn, state, batch, steps: int, saver, workdir: Path) -> tuple[float, float]:

@@ -53,8 +53,11 @@ def main() -> None:
     for f in files:
         images = np.load(f)["images"]
         if images.shape[1:] != (a.image_size, a.image_size, 1) or images.dtype != np.uint8:
-            print(f"classify_samples.py: {f} holds {images.dtype} {images.shape[1:]}, not uint8 "
-                  f"({a.image_size}, {a.image_size}, 1): pass --image_size", file=sys.stderr)
+            print(
+                f"classify_samples.py: {f} holds {images.dtype} {images.shape[1:]}, not uint8 "
+                f"({a.image_size}, {a.image_size}, 1): pass --image_size",
+                file=sys.stderr,
+            )
             sys.exit(2)
         sets[f.stem] = images
     result = {"classifier": "sklearn MLPClassifier(256) on pixels", "test_accuracy": accuracy, "sets": {}}
@@ -62,8 +65,15 @@ def main() -> None:
     for name, images in sets.items():
         s = {"num": int(len(images)), **confidence_stats(clf.predict_proba(flat(images)))}
         result["sets"][name] = s
-        rows.append([name, s["num"], f"{s['confident_fraction']:.3f}", f"{s['confident_entropy']:.2f}",
-                     " ".join(f"{v:.2f}" for v in s["confident_histogram"])])
+        rows.append(
+            [
+                name,
+                s["num"],
+                f"{s['confident_fraction']:.3f}",
+                f"{s['confident_entropy']:.2f}",
+                " ".join(f"{v:.2f}" for v in s["confident_histogram"]),
+            ]
+        )
     print(f"independent classifier: held-out accuracy {accuracy:.4f}")
     print(markdown_table(["images", "n", "p >= 0.9", "entropy (bits)", "class histogram of those"], rows))
     write_json(a.out, result)

@@ -8,8 +8,16 @@ from benchmarks.common import markdown_table, write_json
 
 # model name -> (denoiser, ODE solver of its blocks); also the order of the report's rows
 MODELS = {"unet": ("unet", None), "cunet_rk4": ("cunet", "rk4"), "cunet_heun": ("cunet", "heun")}
-SCORES = ("fd", "precision", "recall", "kid_mean", "kid_std", "confident_fraction", "confident_entropy",
-          "class_histogram_tv")
+SCORES = (
+    "fd",
+    "precision",
+    "recall",
+    "kid_mean",
+    "kid_std",
+    "confident_fraction",
+    "confident_entropy",
+    "class_histogram_tv",
+)
 
 
 def final_scores(record: dict) -> tuple[int, dict]:
@@ -54,12 +62,20 @@ def summarize(record: dict) -> dict:
     step, per_model = final_scores(record)
     floor = record["floor"]
     step_seconds = {m: v["median"] for m, v in record.get("step_seconds", {}).items()}
-    summary = {"step": step, "floor_fd_mean": float(np.mean(floor["fd"])), "floor_fd_std": float(np.std(floor["fd"])),
-               "models": {}}
+    summary = {
+        "step": step,
+        "floor_fd_mean": float(np.mean(floor["fd"])),
+        "floor_fd_std": float(np.std(floor["fd"])),
+        "models": {},
+    }
     for m, rows in per_model.items():
-        s = {"seeds": [r["seed"] for r in rows], "lr": record["lr"][m], "params": _main_runs_of(record, m)[0]["params"],
-             "train_seconds_mean": float(np.mean([r["train_seconds"] for r in rows])),
-             "step_seconds": step_seconds.get(m)}
+        s = {
+            "seeds": [r["seed"] for r in rows],
+            "lr": record["lr"][m],
+            "params": _main_runs_of(record, m)[0]["params"],
+            "train_seconds_mean": float(np.mean([r["train_seconds"] for r in rows])),
+            "step_seconds": step_seconds.get(m),
+        }
         for k in SCORES:
             v = [r[k] for r in rows]
             s[k + "_mean"], s[k + "_std"], s[k] = float(np.mean(v)), float(np.std(v)), v
@@ -82,7 +98,9 @@ def summarize(record: dict) -> dict:
         decay_start = record["protocol"].get("decay_start")
         eq_step = min(step, decay_start) if decay_start else step
         seconds = eq_step * step_seconds.get(m, np.nan)
-        at = [fd_at_seconds(r["evals"], step_seconds.get("unet", np.nan), seconds) for r in _main_runs_of(record, "unet")]
+        at = [
+            fd_at_seconds(r["evals"], step_seconds.get("unet", np.nan), seconds) for r in _main_runs_of(record, "unet")
+        ]
         own = [e["fd"] for r in _main_runs_of(record, m) for e in r["evals"] if e["step"] == eq_step]
         s["equal_seconds_step"] = eq_step
         s["fd_at_equal_seconds_step_mean"] = float(np.mean(own)) if own else None
@@ -106,11 +124,15 @@ def equal_seconds_text(s: dict, step: int) -> str:
 def fd_by_step(record: dict) -> str:
     """Markdown: every main run's FD at each scored step, then each cU-Net's mean FD over
     the U-Net's at the steps where all their seeds were scored."""
-    runs = sorted((record["runs"][n] for n in record["main_runs"]),
-                  key=lambda r: (list(MODELS).index(r["model"]), r["seed"]))
+    runs = sorted(
+        (record["runs"][n] for n in record["main_runs"]), key=lambda r: (list(MODELS).index(r["model"]), r["seed"])
+    )
     steps = sorted({e["step"] for r in runs for e in r["evals"]})
-    rows = [[r["model"], f"{r['lr']:g}", r["seed"]] + [next((f"{e['fd']:.1f}" for e in r["evals"] if e["step"] == t), "")
-                                                       for t in steps] for r in runs]
+    rows = [
+        [r["model"], f"{r['lr']:g}", r["seed"]]
+        + [next((f"{e['fd']:.1f}" for e in r["evals"] if e["step"] == t), "") for t in steps]
+        for r in runs
+    ]
     mean = {}
     for t in steps:
         for m in {r["model"] for r in runs}:
@@ -119,8 +141,13 @@ def fd_by_step(record: dict) -> str:
                 mean[m, t] = float(np.mean(fd))
     for m in dict.fromkeys(r["model"] for r in runs):
         if m != "unet":
-            rows.append([f"{m} / unet (mean FD)", "", ""] + [f"{mean[m, t] / mean['unet', t]:.2f}" if (m, t) in mean and
-                                                              ("unet", t) in mean else "" for t in steps])
+            rows.append(
+                [f"{m} / unet (mean FD)", "", ""]
+                + [
+                    f"{mean[m, t] / mean['unet', t]:.2f}" if (m, t) in mean and ("unet", t) in mean else ""
+                    for t in steps
+                ]
+            )
     return markdown_table(["run", "lr", "seed"] + [f"step {t:,}" for t in steps], rows)
 
 
@@ -128,27 +155,62 @@ def markdown(record: dict, summary: dict) -> str:
     """The report's text: a title, the summary table and every run's FD per step."""
     step, per_model = final_scores(record)
     floor = record["floor"]
-    rows = [["real data (train vs held-out)", "", "", f"{summary['floor_fd_mean']:.2f} ± {summary['floor_fd_std']:.2f}",
-             "1.0", f"{np.mean(floor['precision']):.3f} / {np.mean(floor['recall']):.3f}",
-             f"{np.mean(floor['confident_fraction']):.3f} / {np.mean(floor['confident_entropy']):.2f}", "", "", ""]]
+    rows = [
+        [
+            "real data (train vs held-out)",
+            "",
+            "",
+            f"{summary['floor_fd_mean']:.2f} ± {summary['floor_fd_std']:.2f}",
+            "1.0",
+            f"{np.mean(floor['precision']):.3f} / {np.mean(floor['recall']):.3f}",
+            f"{np.mean(floor['confident_fraction']):.3f} / {np.mean(floor['confident_entropy']):.2f}",
+            "",
+            "",
+            "",
+        ]
+    ]
     for m, s in summary["models"].items():
-        rows.append([m, f"{s['params']:,}", f"{s['lr']:g}", f"{s['fd_mean']:.2f} ± {s['fd_std']:.2f}",
-                     f"{s['fd_over_floor']:.1f}", f"{s['precision_mean']:.3f} / {s['recall_mean']:.3f}",
-                     f"{s['confident_fraction_mean']:.3f} / {s['confident_entropy_mean']:.2f}",
-                     f"{s['step_seconds'] * 1e3:.0f}" if s["step_seconds"] else "",
-                     f"{s['train_seconds_mean']:.0f}",
-                     equal_seconds_text(s, step)])
+        rows.append(
+            [
+                m,
+                f"{s['params']:,}",
+                f"{s['lr']:g}",
+                f"{s['fd_mean']:.2f} ± {s['fd_std']:.2f}",
+                f"{s['fd_over_floor']:.1f}",
+                f"{s['precision_mean']:.3f} / {s['recall_mean']:.3f}",
+                f"{s['confident_fraction_mean']:.3f} / {s['confident_entropy_mean']:.2f}",
+                f"{s['step_seconds'] * 1e3:.0f}" if s["step_seconds"] else "",
+                f"{s['train_seconds_mean']:.0f}",
+                equal_seconds_text(s, step),
+            ]
+        )
     seeds = len(next(iter(per_model.values()), []))
     if step:
         title = f"step {step}, {seeds} seeds"
     else:
-        reached = "; ".join(m + " " + "/".join(f"{r['step']:,}" for r in seed_rows) for m, seed_rows in per_model.items())
-        title = (f"each run's first scoring after {record['protocol']['time_budget']:g} s of training "
-                 f"(steps {reached}), {seeds} seeds")
+        reached = "; ".join(
+            m + " " + "/".join(f"{r['step']:,}" for r in seed_rows) for m, seed_rows in per_model.items()
+        )
+        title = (
+            f"each run's first scoring after {record['protocol']['time_budget']:g} s of training "
+            f"(steps {reached}), {seeds} seeds"
+        )
     title += f", FD of {floor['num']} samples vs held-out (mean ± std over seeds)"
-    table = markdown_table(["model", "params", "lr", "FD", "FD / floor", "precision / recall",
-                            "p>=0.9 share / entropy (bits)", "step ms (side by side)", "training s (wall)",
-                            "U-Net FD at this model's steps x step time"], rows)
+    table = markdown_table(
+        [
+            "model",
+            "params",
+            "lr",
+            "FD",
+            "FD / floor",
+            "precision / recall",
+            "p>=0.9 share / entropy (bits)",
+            "step ms (side by side)",
+            "training s (wall)",
+            "U-Net FD at this model's steps x step time",
+        ],
+        rows,
+    )
     return f"{title}\n\n{table}\n\n{fd_by_step(record)}\n"
 
 
@@ -164,8 +226,10 @@ def plot(record: dict, path: Path) -> None:
     floor, p = record["floor"], record["protocol"]
     step_seconds = {m: v["median"] for m, v in record.get("step_seconds", {}).items()}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
-    for ax, per_step, label in ((axes[0], None, "training step"),
-                                (axes[1], step_seconds, "training seconds (steps x step time, measured side by side)")):
+    for ax, per_step, label in (
+        (axes[0], None, "training step"),
+        (axes[1], step_seconds, "training seconds (steps x step time, measured side by side)"),
+    ):
         for m in per_model:
             if per_step is not None and m not in per_step:
                 continue
@@ -181,8 +245,10 @@ def plot(record: dict, path: Path) -> None:
         ax.set(xlabel=label, ylabel="FD (classifier features) vs held-out", yscale="log")
         ax.grid(True, alpha=0.3)
     axes[0].legend()
-    fig.suptitle(f"MNIST {p['image_size']}x{p['image_size']}, batch {p['batch']}, {floor['num']} DDIM-{p['eval_steps']} "
-                 f"samples per point (mean, min-max over seeds)")
+    fig.suptitle(
+        f"MNIST {p['image_size']}x{p['image_size']}, batch {p['batch']}, {floor['num']} DDIM-{p['eval_steps']} "
+        f"samples per point (mean, min-max over seeds)"
+    )
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

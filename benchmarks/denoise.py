@@ -53,7 +53,10 @@ def main() -> None:
         if data_config is None:
             data_config = config.data
         elif (config.data.source, config.data.image_size, config.data.channels) != (
-                data_config.source, data_config.image_size, data_config.channels):
+            data_config.source,
+            data_config.image_size,
+            data_config.channels,
+        ):
             sys.exit(f"denoise.py: error: {wd} was trained on other data than {a.workdirs[0]}")
         model = build_denoiser(config.model)
         schedule = make_schedule(config.diffusion.beta_schedule, config.diffusion.num_timesteps)
@@ -71,23 +74,49 @@ def main() -> None:
         base = classical_baselines(clean, eps, key)
         noisy_row = None
         for name, (config, apply, params, step, schedule, wd) in models.items():
-            r = denoise(apply, params, schedule, config.diffusion.prediction, clean, eps, a.k, key,
-                        sampler=a.sampler, batch=a.batch)
+            r = denoise(
+                apply,
+                params,
+                schedule,
+                config.diffusion.prediction,
+                clean,
+                eps,
+                a.k,
+                key,
+                sampler=a.sampler,
+                batch=a.batch,
+            )
             r.update(model=name, workdir=str(wd), checkpoint_step=step)
             records.append(r)
             noisy_row = [eps, "noisy input", "", f"{r['noisy_psnr']:.2f}", f"{r['noisy_ssim']:.3f}", "", ""]
-            rows.append([eps, name, f"t*={r['t_star']}, {r['steps']} steps", f"{r['psnr']:.2f}", f"{r['ssim']:.3f}",
-                         f"{r['best_psnr']:.2f} @ {r['best_step']}", f"{r['seconds']:.1f}"])
+            rows.append(
+                [
+                    eps,
+                    name,
+                    f"t*={r['t_star']}, {r['steps']} steps",
+                    f"{r['psnr']:.2f}",
+                    f"{r['ssim']:.3f}",
+                    f"{r['best_psnr']:.2f} @ {r['best_step']}",
+                    f"{r['seconds']:.1f}",
+                ]
+            )
         rows.append(noisy_row)
         for bname, b in base.items():
             rows.append([eps, bname, b["param"], f"{b['psnr']:.2f}", f"{b['ssim']:.3f}", "", ""])
             records.append({"eps": eps, "model": bname, **b})
-    print(f"Denoising {n} held-out images of {data_config.source} ({a.sampler} chain from t*, up to {a.k} steps) "
-          f"on {machine()}")
-    print(markdown_table(["eps", "denoiser", "setting", "PSNR (after k)", "SSIM (after k)",
-                          "best PSNR @ step", "chain s"], rows))
-    write_json(a.out, {"num_images": n, "k": a.k, "sampler": a.sampler, "data_source": str(data_config.source),
-                       "results": records})
+    print(
+        f"Denoising {n} held-out images of {data_config.source} ({a.sampler} chain from t*, up to {a.k} steps) "
+        f"on {machine()}"
+    )
+    print(
+        markdown_table(
+            ["eps", "denoiser", "setting", "PSNR (after k)", "SSIM (after k)", "best PSNR @ step", "chain s"], rows
+        )
+    )
+    write_json(
+        a.out,
+        {"num_images": n, "k": a.k, "sampler": a.sampler, "data_source": str(data_config.source), "results": records},
+    )
     print(f"-> {a.out}")
 
 

@@ -82,16 +82,21 @@ PEAK_TFLOPS = {
 }
 # Options that may change how a launch-bound step runs: CUDA graphs (command buffers) off,
 # no autotuning (compiles faster), and graphs made of any number of kernels.
-DEFAULT_FLAG_SETS = ("--xla_gpu_enable_command_buffer=;--xla_gpu_autotune_level=0;"
-                     "--xla_gpu_graph_min_graph_size=1")
+DEFAULT_FLAG_SETS = "--xla_gpu_enable_command_buffer=;--xla_gpu_autotune_level=0;--xla_gpu_graph_min_graph_size=1"
 FLAG_CHILD_OVERHEAD_S = 30.0  # a child process's start, imports and device set-up
 
 
 def peak_name(device_kind: str) -> str | None:
     """The PEAK_TFLOPS entry of a device, by its name (jax's device_kind); None if unknown."""
     k = device_kind.upper()
-    for name, gpu, variant in (("H100 PCIe", "H100", "PCIE"), ("H100 NVL", "H100", "NVL"), ("H100 SXM", "H100", ""),
-                               ("H200 NVL", "H200", "NVL"), ("H200 SXM", "H200", ""), ("A100", "A100", "")):
+    for name, gpu, variant in (
+        ("H100 PCIe", "H100", "PCIE"),
+        ("H100 NVL", "H100", "NVL"),
+        ("H100 SXM", "H100", ""),
+        ("H200 NVL", "H200", "NVL"),
+        ("H200 SXM", "H200", ""),
+        ("A100", "A100", ""),
+    ):
         if gpu in k and variant in k:
             return name
     return None
@@ -142,8 +147,11 @@ class Step:
         compiled = getattr(next(iter(shared.values()), None), "compiled", None)
         m = None if compiled is None else compiled.memory_analysis()
         self.memory_bytes = None if m is None else memory(compiled)
-        self.memory_analysis = None if m is None else {
-            k: int(getattr(m, f"{k}_size_in_bytes", 0)) for k in ("argument", "output", "temp", "alias")}
+        self.memory_analysis = (
+            None
+            if m is None
+            else {k: int(getattr(m, f"{k}_size_in_bytes", 0)) for k in ("argument", "output", "temp", "alias")}
+        )
         model, tx = build_denoiser(config.model), make_optimizer(config.training)
         schedule = make_schedule(config.diffusion.beta_schedule, config.diffusion.num_timesteps)
         # the same step with the rate and the seed as constants: the same FLOPs
@@ -179,12 +187,22 @@ def train_row(step: Step, dtype: str, batch: int, warmup: int, steps: int, peaks
     times = step.times(warmup, steps)
     s = statistics.median(times)
     tflops = step.gflop / s / 1e3
-    return {"dtype": dtype, "batch": batch, "ms_per_step": 1e3 * s, "images_per_s": batch / s,
-            "tflops": tflops, "mfu": tflops / peaks[dtype] if peaks else None,
-            "mfu_vs_float32_simt": tflops / peaks["float32_simt"] if peaks and dtype == "float32" else None,
-            "memory_bytes": step.memory_bytes, "memory_analysis": step.memory_analysis,
-            "device_peak_bytes_so_far": device_peak_bytes(), "gflop_per_step": step.gflop,
-            "compile_s": step.compile_s, "steps_timed": len(times), "ms_per_step_min": 1e3 * min(times)}
+    return {
+        "dtype": dtype,
+        "batch": batch,
+        "ms_per_step": 1e3 * s,
+        "images_per_s": batch / s,
+        "tflops": tflops,
+        "mfu": tflops / peaks[dtype] if peaks else None,
+        "mfu_vs_float32_simt": tflops / peaks["float32_simt"] if peaks and dtype == "float32" else None,
+        "memory_bytes": step.memory_bytes,
+        "memory_analysis": step.memory_analysis,
+        "device_peak_bytes_so_far": device_peak_bytes(),
+        "gflop_per_step": step.gflop,
+        "compile_s": step.compile_s,
+        "steps_timed": len(times),
+        "ms_per_step_min": 1e3 * min(times),
+    }
 
 
 def ddim_row(config: ml_collections.ConfigDict, params, batch: int, repeats: int) -> dict:
@@ -202,8 +220,15 @@ def ddim_row(config: ml_collections.ConfigDict, params, batch: int, repeats: int
         jax.block_until_ready(sample(params, key))
         times.append(time.perf_counter() - t0)
     s = statistics.median(times)
-    return {"batch": batch, "images_per_s": batch / s, "s_per_run": s, "steps": SAMPLE_STEPS, "dtype": "float32",
-            "first_run_s": first, "repeats": repeats}
+    return {
+        "batch": batch,
+        "images_per_s": batch / s,
+        "s_per_run": s,
+        "steps": SAMPLE_STEPS,
+        "dtype": "float32",
+        "first_run_s": first,
+        "repeats": repeats,
+    }
 
 
 def make_jpegs(directory: Path, num: int, size: tuple[int, int] = CELEBA_SIZE) -> Path:
@@ -230,14 +255,25 @@ def loop_row(step: Step, folder: Path, workdir: Path, a, grid: int) -> dict:
     train_and_evaluate(c, workdir)
     wall = time.perf_counter() - t0
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line]
-    if not records or records[-1]["step"] < c.training.num_steps:  # the loop took SIGTERM (a time limit) as its cue to stop
+    if (
+        not records or records[-1]["step"] < c.training.num_steps
+    ):  # the loop took SIGTERM (a time limit) as its cue to stop
         raise SystemExit(f"gpu_table: the training loop was stopped at step {records[-1]['step'] if records else 0}")
     loop = statistics.median(1.0 / r["steps_per_sec"] for r in records[1:])
-    return {"batch": c.training.batch_size, "dtype": c.training.compute_dtype, "workers": a.loop_workers,
-            "prefetch": int(c.data.prefetch), "images": a.loop_images, "steps_timed": interval * (len(records) - 1),
-            "interval": interval, "loop_ms_per_step": 1e3 * loop, "step_alone_ms_per_step": 1e3 * alone,
-            "loop_over_step": loop / alone, "first_interval_s": interval / records[0]["steps_per_sec"],
-            "wall_s": wall}
+    return {
+        "batch": c.training.batch_size,
+        "dtype": c.training.compute_dtype,
+        "workers": a.loop_workers,
+        "prefetch": int(c.data.prefetch),
+        "images": a.loop_images,
+        "steps_timed": interval * (len(records) - 1),
+        "interval": interval,
+        "loop_ms_per_step": 1e3 * loop,
+        "step_alone_ms_per_step": 1e3 * alone,
+        "loop_over_step": loop / alone,
+        "first_interval_s": interval / records[0]["steps_per_sec"],
+        "wall_s": wall,
+    }
 
 
 def flag_set_run(flags: str, a, first: tuple[int, str, int], out: Path, time_left: float) -> dict:
@@ -245,25 +281,50 @@ def flag_set_run(flags: str, a, first: tuple[int, str, int], out: Path, time_lef
     dtype, sample batch), in a child process run with `flags` added to XLA_FLAGS."""
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()}
-    cmd = [sys.executable, "-m", "benchmarks.gpu_table", "--out", str(out), "--config", str(Path(a.config).resolve()),
-           "--models", a.models, "--parts", "train,ddim", "--batches", str(first[0]),
-           "--dtypes", first[1], "--sample_batches", str(first[2]),
-           "--steps", str(a.steps), "--warmup", str(a.warmup), "--xla_flag_sets", "",
-           "--time_limit", str(int(time_left))] + ["--dry_run"] * a.dry_run
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.gpu_table",
+        "--out",
+        str(out),
+        "--config",
+        str(Path(a.config).resolve()),
+        "--models",
+        a.models,
+        "--parts",
+        "train,ddim",
+        "--batches",
+        str(first[0]),
+        "--dtypes",
+        first[1],
+        "--sample_batches",
+        str(first[2]),
+        "--steps",
+        str(a.steps),
+        "--warmup",
+        str(a.warmup),
+        "--xla_flag_sets",
+        "",
+        "--time_limit",
+        str(int(time_left)),
+    ] + ["--dry_run"] * a.dry_run
     rec: dict = {"xla_flags": flags}
     t0 = time.perf_counter()
     try:
         r = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=time_left, check=False)
         rec["returncode"] = r.returncode
         if r.returncode:  # the end of its log, warnings left out
-            rec["error"] = [line for line in r.stderr.splitlines()
-                            if line.strip() and not re.match(r"(WARNING|W\d{4} )", line)][-3:]
+            rec["error"] = [
+                line for line in r.stderr.splitlines() if line.strip() and not re.match(r"(WARNING|W\d{4} )", line)
+            ][-3:]
     except subprocess.TimeoutExpired:
         rec["returncode"], rec["error"] = None, [f"stopped at the time limit ({time_left:.0f} s)"]
     rec["wall_s"] = time.perf_counter() - t0
     path = out / "gpu_table.json"
     if path.exists():  # rows the child wrote, also when it was stopped
-        rec["models"] = {n: {k: m.get(k, []) for k in ("train", "ddim50")} for n, m in json.loads(path.read_text())["models"].items()}
+        rec["models"] = {
+            n: {k: m.get(k, []) for k in ("train", "ddim50")} for n, m in json.loads(path.read_text())["models"].items()
+        }
     return rec
 
 
@@ -274,9 +335,14 @@ def ratios(models: dict) -> dict:
     out = {}
     for part, key in (("train", ("dtype", "batch")), ("ddim50", ("batch",))):
         un = {tuple(r[k] for k in key): r for r in models["unet"][part]}
-        out[part] = [{**dict(zip(key, tuple(r[k] for k in key))),
-                      "cunet_over_unet_images_per_s": r["images_per_s"] / un[tuple(r[k] for k in key)]["images_per_s"]}
-                     for r in models["cunet"][part] if tuple(r[k] for k in key) in un]
+        out[part] = [
+            {
+                **dict(zip(key, tuple(r[k] for k in key))),
+                "cunet_over_unet_images_per_s": r["images_per_s"] / un[tuple(r[k] for k in key)]["images_per_s"],
+            }
+            for r in models["cunet"][part]
+            if tuple(r[k] for k in key) in un
+        ]
     return out
 
 
@@ -288,38 +354,90 @@ def fmt(v, spec: str) -> str:
 def markdown(rec: dict) -> str:
     """The record as Markdown tables."""
     m = rec["models"]
-    lines = [f"# Training and sampling at {rec['config']} ({rec['image_size']}x{rec['image_size']}), {rec['machine']}", ""]
-    rows = [[n, r["dtype"], r["batch"], fmt(r["ms_per_step"], ".2f"), fmt(r["images_per_s"], ".0f"),
-             fmt(r["gflop_per_step"], ".0f"), fmt(r["tflops"], ".1f"), fmt(r["mfu"], ".3f"),
-             fmt(r["memory_bytes"] and r["memory_bytes"] / 2**20, ".0f")] for n in m for r in m[n]["train"]]
-    lines += [f"Training step (peak for MFU: {rec['peak_name'] or 'unknown device'}; float32 against TF32)", "",
-              markdown_table(["model", "dtype", "batch", "ms/step", "images/s", "GFLOP/step", "TFLOP/s", "MFU",
-                              "memory MiB (XLA)"], rows), ""]
-    rows = [[n, r["batch"], fmt(r["images_per_s"], ".1f"), fmt(r["s_per_run"], ".3f")] for n in m for r in m[n]["ddim50"]]
+    lines = [
+        f"# Training and sampling at {rec['config']} ({rec['image_size']}x{rec['image_size']}), {rec['machine']}",
+        "",
+    ]
+    rows = [
+        [
+            n,
+            r["dtype"],
+            r["batch"],
+            fmt(r["ms_per_step"], ".2f"),
+            fmt(r["images_per_s"], ".0f"),
+            fmt(r["gflop_per_step"], ".0f"),
+            fmt(r["tflops"], ".1f"),
+            fmt(r["mfu"], ".3f"),
+            fmt(r["memory_bytes"] and r["memory_bytes"] / 2**20, ".0f"),
+        ]
+        for n in m
+        for r in m[n]["train"]
+    ]
+    lines += [
+        f"Training step (peak for MFU: {rec['peak_name'] or 'unknown device'}; float32 against TF32)",
+        "",
+        markdown_table(
+            ["model", "dtype", "batch", "ms/step", "images/s", "GFLOP/step", "TFLOP/s", "MFU", "memory MiB (XLA)"], rows
+        ),
+        "",
+    ]
+    rows = [
+        [n, r["batch"], fmt(r["images_per_s"], ".1f"), fmt(r["s_per_run"], ".3f")] for n in m for r in m[n]["ddim50"]
+    ]
     lines += ["DDIM 50 (float32)", "", markdown_table(["model", "batch", "images/s", "s per run"], rows), ""]
     r = rec.get("ratios", {})
-    rows = [[f"train {x['dtype']} b{x['batch']}", fmt(x["cunet_over_unet_images_per_s"], ".3f")] for x in r.get("train", [])]
+    rows = [
+        [f"train {x['dtype']} b{x['batch']}", fmt(x["cunet_over_unet_images_per_s"], ".3f")] for x in r.get("train", [])
+    ]
     rows += [[f"DDIM 50 b{x['batch']}", fmt(x["cunet_over_unet_images_per_s"], ".3f")] for x in r.get("ddim50", [])]
     lines += ["cU-Net / U-Net images/s", "", markdown_table(["", "ratio"], rows), ""]
-    rows = [[n, d["batch"], d["dtype"], d["workers"], fmt(d["loop_ms_per_step"], ".2f"),
-             fmt(d["step_alone_ms_per_step"], ".2f"), fmt(d["loop_over_step"], ".3f")]
-            for n in m for d in [m[n].get("loop")] if d and "error" not in d]
+    rows = [
+        [
+            n,
+            d["batch"],
+            d["dtype"],
+            d["workers"],
+            fmt(d["loop_ms_per_step"], ".2f"),
+            fmt(d["step_alone_ms_per_step"], ".2f"),
+            fmt(d["loop_over_step"], ".3f"),
+        ]
+        for n in m
+        for d in [m[n].get("loop")]
+        if d and "error" not in d
+    ]
     rows += [[n, "", "", "", m[n]["loop"]["error"], "", ""] for n in m if "error" in (m[n].get("loop") or {})]
-    lines += ["Training loop on a folder of JPEGs against the step alone", "",
-              markdown_table(["model", "batch", "dtype", "workers", "loop ms/step", "step ms/step", "loop / step"], rows),
-              ""]
+    lines += [
+        "Training loop on a folder of JPEGs against the step alone",
+        "",
+        markdown_table(["model", "batch", "dtype", "workers", "loop ms/step", "step ms/step", "loop / step"], rows),
+        "",
+    ]
     rows = []
     for f in rec.get("xla_flags", []):
         for n, mm in (f.get("models") or {}).items():
             for r in mm["train"]:
-                rows.append([f["xla_flags"], n, f"train {r['dtype']} b{r['batch']}", fmt(r["ms_per_step"], ".2f"),
-                             fmt(r["images_per_s"], ".0f"), fmt(r["compile_s"], ".0f")])
+                rows.append(
+                    [
+                        f["xla_flags"],
+                        n,
+                        f"train {r['dtype']} b{r['batch']}",
+                        fmt(r["ms_per_step"], ".2f"),
+                        fmt(r["images_per_s"], ".0f"),
+                        fmt(r["compile_s"], ".0f"),
+                    ]
+                )
             for r in mm["ddim50"]:
                 rows.append([f["xla_flags"], n, f"DDIM 50 b{r['batch']}", "", fmt(r["images_per_s"], ".1f"), ""])
         if f.get("error") or f.get("skipped"):
-            rows.append([f["xla_flags"], "", " ".join(f.get("error") or []) or f"skipped: {f.get('skipped')}", "", "", ""])
-    lines += ["XLA options (each in its own process)", "",
-              markdown_table(["XLA_FLAGS", "model", "row", "ms/step", "images/s", "compile s"], rows), ""]
+            rows.append(
+                [f["xla_flags"], "", " ".join(f.get("error") or []) or f"skipped: {f.get('skipped')}", "", "", ""]
+            )
+    lines += [
+        "XLA options (each in its own process)",
+        "",
+        markdown_table(["XLA_FLAGS", "model", "row", "ms/step", "images/s", "compile s"], rows),
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -351,21 +469,30 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--loop_dtype", default="bfloat16")
     ap.add_argument("--loop_images", type=int, default=3000)
     ap.add_argument("--loop_workers", type=int, default=min(12, max(1, len(os.sched_getaffinity(0)) - 4)))
-    ap.add_argument("--xla_flag_sets", default=DEFAULT_FLAG_SETS, help="';'-separated XLA_FLAGS strings; pass as --xla_flag_sets=...")
+    ap.add_argument(
+        "--xla_flag_sets",
+        default=DEFAULT_FLAG_SETS,
+        help="';'-separated XLA_FLAGS strings; pass as --xla_flag_sets=...",
+    )
     ap.add_argument("--time_limit", type=float, default=0.0, help="seconds; option sets that would not fit are skipped")
     ap.add_argument("--dry_run", action="store_true", help="a tiny size, for a test on a CPU")
     a = ap.parse_args(argv)
     models = a.models.split(",")
     parts = set(a.parts.split(","))
     dtypes = a.dtypes.split(",")
-    for bad, known, flag in ((set(models) - set(MODELS), MODELS, "--models"),
-                             (parts - {"train", "ddim", "loop", "flags"}, ("train", "ddim", "loop", "flags"), "--parts"),
-                             (set(dtypes) - set(DTYPES), DTYPES, "--dtypes"), ({a.loop_dtype} - set(DTYPES), DTYPES, "--loop_dtype")):
+    for bad, known, flag in (
+        (set(models) - set(MODELS), MODELS, "--models"),
+        (parts - {"train", "ddim", "loop", "flags"}, ("train", "ddim", "loop", "flags"), "--parts"),
+        (set(dtypes) - set(DTYPES), DTYPES, "--dtypes"),
+        ({a.loop_dtype} - set(DTYPES), DTYPES, "--loop_dtype"),
+    ):
         if bad:
             ap.error(f"{flag}: unknown {sorted(bad)}; choose from {', '.join(known)}")
     batches, sample_batches = parse_ints(a.batches), parse_ints(a.sample_batches)
     if batches is None or sample_batches is None:
-        ap.error(f"--batches {a.batches!r} / --sample_batches {a.sample_batches!r}: positive integers separated by commas")
+        ap.error(
+            f"--batches {a.batches!r} / --sample_batches {a.sample_batches!r}: positive integers separated by commas"
+        )
     if a.steps < 1 or a.warmup < 0 or a.loop_steps < 1 or a.loop_images < 1 or a.loop_workers < 0:
         ap.error("--steps, --loop_steps and --loop_images must be positive, --warmup and --loop_workers not negative")
     if not Path(a.config).is_file():
@@ -391,11 +518,20 @@ def main(argv: list[str] | None = None) -> dict:
     peaks = PEAK_TFLOPS.get(name)
     configs = {n: model_config(a.config, n, a.dry_run) for n in models}
     first = configs[models[0]]
-    rec = {"config": config_name(a.config), "image_size": first.data.image_size, "dry_run": a.dry_run,
-           "devices": jax.device_count(), "device_kind": kind, "peak_name": name, "peak_tflops": peaks,
-           "flop_convention": "XLA cost_analysis flops of the step lowered for a CPU (2 per multiply-add)",
-           "models": {n: {"train": [], "ddim50": [], "loop_over_step": None, "loop": None} for n in models},
-           "ratios": {}, "xla_flags": [], "time_limit_s": a.time_limit}
+    rec = {
+        "config": config_name(a.config),
+        "image_size": first.data.image_size,
+        "dry_run": a.dry_run,
+        "devices": jax.device_count(),
+        "device_kind": kind,
+        "peak_name": name,
+        "peak_tflops": peaks,
+        "flop_convention": "XLA cost_analysis flops of the step lowered for a CPU (2 per multiply-add)",
+        "models": {n: {"train": [], "ddim50": [], "loop_over_step": None, "loop": None} for n in models},
+        "ratios": {},
+        "xla_flags": [],
+        "time_limit_s": a.time_limit,
+    }
 
     def flush(note: str) -> None:
         rec["ratios"] = ratios(rec["models"])
@@ -413,15 +549,18 @@ def main(argv: list[str] | None = None) -> dict:
             for dtype in dtypes:
                 for n in models:
                     t0 = time.monotonic()
-                    steps[(n, dtype, batch)] = st = Step(train_config(configs[n], dtype, batch),
-                                                         work / f"step_{n}_{dtype}_{batch}")
+                    steps[(n, dtype, batch)] = st = Step(
+                        train_config(configs[n], dtype, batch), work / f"step_{n}_{dtype}_{batch}"
+                    )
                     rec["models"][n]["params"] = st.params
                     row = train_row(st, dtype, batch, a.warmup, a.steps, peaks)
                     rec["models"][n]["train"].append(row)
                     if (batch, dtype) == (batches[0], dtypes[0]):
                         spent[f"train {n}"] = time.monotonic() - t0
-                    flush(f"{n} train {dtype} batch {batch}: {row['ms_per_step']:.2f} ms/step, "
-                          f"{row['images_per_s']:.0f} images/s, {row['tflops']:.2f} TFLOP/s")
+                    flush(
+                        f"{n} train {dtype} batch {batch}: {row['ms_per_step']:.2f} ms/step, "
+                        f"{row['images_per_s']:.0f} images/s, {row['tflops']:.2f} TFLOP/s"
+                    )
 
         if "train" in parts:
             train_rows(batches[0])
@@ -436,7 +575,8 @@ def main(argv: list[str] | None = None) -> dict:
                         params = st.state0.params
                     else:
                         params = jax.jit(lambda k, c=c: init_params(build_denoiser(c.model), c, k), out_shardings=rep)(
-                            jax.random.key(0))
+                            jax.random.key(0)
+                        )
                     row = ddim_row(c, params, batch, a.sample_repeats if batch > 1 else 2 * a.sample_repeats)
                     rec["models"][n]["ddim50"].append(row)
                     if batch == sample_batches[0]:
@@ -449,11 +589,15 @@ def main(argv: list[str] | None = None) -> dict:
             for n in models[:1] if a.dry_run else models:
                 try:
                     key = (n, a.loop_dtype, a.loop_batch)
-                    st = steps.get(key) or Step(train_config(configs[n], a.loop_dtype, a.loop_batch), work / f"step_{n}")
+                    st = steps.get(key) or Step(
+                        train_config(configs[n], a.loop_dtype, a.loop_batch), work / f"step_{n}"
+                    )
                     d = loop_row(st, folder, work / f"run_{n}", a, sample_batches[0])
                     rec["models"][n]["loop"], rec["models"][n]["loop_over_step"] = d, d["loop_over_step"]
-                    flush(f"{n} training loop: {d['loop_ms_per_step']:.2f} ms/step against "
-                          f"{d['step_alone_ms_per_step']:.2f} for the step alone ({d['loop_over_step']:.3f})")
+                    flush(
+                        f"{n} training loop: {d['loop_ms_per_step']:.2f} ms/step against "
+                        f"{d['step_alone_ms_per_step']:.2f} for the step alone ({d['loop_over_step']:.3f})"
+                    )
                 except Exception as e:  # noqa: BLE001  (one failed part must not lose the rows still to come)
                     rec["models"][n]["loop"] = {"error": f"{type(e).__name__}: {e}".splitlines()[0]}
                     flush(f"{n} training loop failed: {rec['models'][n]['loop']['error']}")
@@ -465,11 +609,16 @@ def main(argv: list[str] | None = None) -> dict:
             for i, flags in enumerate(f.strip() for f in a.xla_flag_sets.split(";") if f.strip()):
                 left = deadline - time.monotonic()
                 if left < need:
-                    rec["xla_flags"].append({"xla_flags": flags, "skipped": f"{left:.0f} s left, about {need:.0f} s needed"})
+                    rec["xla_flags"].append(
+                        {"xla_flags": flags, "skipped": f"{left:.0f} s left, about {need:.0f} s needed"}
+                    )
                     flush(f"XLA_FLAGS {flags}: skipped, {left:.0f} s left")
                     continue
-                rec["xla_flags"].append(flag_set_run(flags, a, (batches[0], dtypes[0], sample_batches[0]),
-                                                     work / f"flags{i}", min(left, 1e6)))
+                rec["xla_flags"].append(
+                    flag_set_run(
+                        flags, a, (batches[0], dtypes[0], sample_batches[0]), work / f"flags{i}", min(left, 1e6)
+                    )
+                )
                 flush(f"XLA_FLAGS {flags}: done in {rec['xla_flags'][-1]['wall_s']:.0f} s")
     print(markdown({**rec, "machine": machine()}), flush=True)
     return rec

@@ -49,7 +49,7 @@ def class_fd_split(train_images: np.ndarray, train_labels: np.ndarray, space, k:
     for c in range(k):
         feats = space.features(train_images[train_labels == c])
         half = len(feats) // 2
-        out[c] = (feats[:half], feats[half: 2 * half])
+        out[c] = (feats[:half], feats[half : 2 * half])
     return out
 
 
@@ -88,20 +88,33 @@ def main() -> None:
         r, _ = score_run(uncond_dir, **common)
         rows.append({"seed": seed, "model": "unconditional", "step": r["step"], "guidance": None, "fd": r["fd"]})
         r, _ = score_run(cond_dir, sampling={"guidance": 0.0}, null_class=True, **common)
-        rows.append({"seed": seed, "model": "conditional, null class", "step": r["step"], "guidance": None,
-                     "fd": r["fd"]})
+        rows.append(
+            {"seed": seed, "model": "conditional, null class", "step": r["step"], "guidance": None, "fd": r["fd"]}
+        )
         for w in scales:
             r, samples = score_run(cond_dir, sampling={"guidance": w}, labels=labels, **common)
             predicted = space.probabilities(samples).argmax(1)
-            per_class_fd = [frechet_distance(space.features(samples[labels == c][: len(halves[c][1])]), halves[c][1])
-                            for c in range(k)]
-            row = {"seed": seed, "model": "conditional", "step": r["step"], "guidance": w, "nfe": r["nfe"],
-                   "class_accuracy": r["class_accuracy"],
-                   "class_accuracy_per_class": [float(np.mean(predicted[labels == c] == c)) for c in range(k)],
-                   "fd": r["fd"], "fd_per_class": per_class_fd}
+            per_class_fd = [
+                frechet_distance(space.features(samples[labels == c][: len(halves[c][1])]), halves[c][1])
+                for c in range(k)
+            ]
+            row = {
+                "seed": seed,
+                "model": "conditional",
+                "step": r["step"],
+                "guidance": w,
+                "nfe": r["nfe"],
+                "class_accuracy": r["class_accuracy"],
+                "class_accuracy_per_class": [float(np.mean(predicted[labels == c] == c)) for c in range(k)],
+                "fd": r["fd"],
+                "fd_per_class": per_class_fd,
+            }
             rows.append(row)
-            print(f"seed {seed} w={w:g}: class accuracy {row['class_accuracy']:.3f}, FD {row['fd']:.2f} "
-                  f"(floor {floor:.2f}), mean per-class FD {np.mean(per_class_fd):.2f}", flush=True)
+            print(
+                f"seed {seed} w={w:g}: class accuracy {row['class_accuracy']:.3f}, FD {row['fd']:.2f} "
+                f"(floor {floor:.2f}), mean per-class FD {np.mean(per_class_fd):.2f}",
+                flush=True,
+            )
             if seed == seeds[0]:
                 out.mkdir(parents=True, exist_ok=True)
                 grid = np.concatenate([samples[labels == c][:10] for c in range(k)])
@@ -116,25 +129,47 @@ def main() -> None:
         table.append([name, "", "", spread(fds), ""])
     for w in scales:
         rs = [r for r in rows if r["guidance"] == w]
-        table.append([f"conditional, w = {w:g}", spread([r["class_accuracy"] for r in rs]),
-                      str(rs[0]["nfe"]), spread([r["fd"] for r in rs]),
-                      spread([float(np.mean(r["fd_per_class"])) for r in rs])])
-    header = ["samples", "classified as the class asked for", "model evaluations", "FD vs held-out",
-              "mean FD per class"]
+        table.append(
+            [
+                f"conditional, w = {w:g}",
+                spread([r["class_accuracy"] for r in rs]),
+                str(rs[0]["nfe"]),
+                spread([r["fd"] for r in rs]),
+                spread([float(np.mean(r["fd_per_class"])) for r in rs]),
+            ]
+        )
+    header = [
+        "samples",
+        "classified as the class asked for",
+        "model evaluations",
+        "FD vs held-out",
+        "mean FD per class",
+    ]
     md = markdown_table(header, table)
     print(md)
     out.mkdir(parents=True, exist_ok=True)
     (out / "guidance.md").write_text(
         f"digits 16x16, {a.per_class} samples per class, {len(seeds)} training seeds {seeds} (mean ± std), "
         f"{cond.sampling.sampler} {cond.sampling.steps} steps; FD in the feature classifier's space vs the "
-        f"{len(held_out)} held-out images; per-class FD vs half of that class's train images\n\n{md}\n")
-    write_json(out / "guidance.json", {
-        "protocol": {"seeds": seeds, "guidance": scales, "per_class": a.per_class,
-                     "sampler": cond.sampling.sampler, "steps": cond.sampling.steps,
-                     "num_held_out": len(held_out)},
-        "floor_fd": floor, "class_floor_fd": class_floor, "rows": rows,
-        "feature_space": {k_: v for k_, v in space.info.items() if k_ != "classifier_cache"},
-    })
+        f"{len(held_out)} held-out images; per-class FD vs half of that class's train images\n\n{md}\n"
+    )
+    write_json(
+        out / "guidance.json",
+        {
+            "protocol": {
+                "seeds": seeds,
+                "guidance": scales,
+                "per_class": a.per_class,
+                "sampler": cond.sampling.sampler,
+                "steps": cond.sampling.steps,
+                "num_held_out": len(held_out),
+            },
+            "floor_fd": floor,
+            "class_floor_fd": class_floor,
+            "rows": rows,
+            "feature_space": {k_: v for k_, v in space.info.items() if k_ != "classifier_cache"},
+        },
+    )
 
 
 if __name__ == "__main__":

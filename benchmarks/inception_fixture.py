@@ -70,9 +70,19 @@ def main() -> None:
         features = net(x)[0].squeeze(-1).squeeze(-1).numpy()
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out, images=images, features=features.astype(np.float32), shapes=json.dumps(shapes),
-                        versions=json.dumps({"torch": torch.__version__, "torchvision": torchvision.__version__,
-                                             "pytorch_fid": getattr(fid, "__version__", "") or _version("pytorch-fid")}))
+    np.savez_compressed(
+        out,
+        images=images,
+        features=features.astype(np.float32),
+        shapes=json.dumps(shapes),
+        versions=json.dumps(
+            {
+                "torch": torch.__version__,
+                "torchvision": torchvision.__version__,
+                "pytorch_fid": getattr(fid, "__version__", "") or _version("pytorch-fid"),
+            }
+        ),
+    )
     print(f"{len(images)} images -> features {features.shape}, |f| mean {np.abs(features).mean():.4f} -> {out}")
 
 

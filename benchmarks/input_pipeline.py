@@ -134,13 +134,21 @@ def main() -> None:
     if not a.skip_loader:
         result["loader"] = loader_table(a)
         print(f"\nloader alone, batch {BATCH} at {SIZE}x{SIZE} RGB, {machine()}")
-        print(markdown_table(["source", "workers", "images/s"],
-                             [[r["source"], r["workers"], f"{r['images_per_s']:.0f}"] for r in result["loader"]]))
+        print(
+            markdown_table(
+                ["source", "workers", "images/s"],
+                [[r["source"], r["workers"], f"{r['images_per_s']:.0f}"] for r in result["loader"]],
+            )
+        )
     result["loop"] = loop = loop_table(a)
     alone = loop["step alone"]["median"]
     print(f"\nconfigs/digits.py training step, median of {a.repeats} alternating repeats of {a.loop_steps} steps")
-    print(markdown_table(["", "ms per step", "/ step alone"],
-                         [[k, f"{v['median'] * 1e3:.1f}", f"{v['median'] / alone:.3f}"] for k, v in loop.items()]))
+    print(
+        markdown_table(
+            ["", "ms per step", "/ step alone"],
+            [[k, f"{v['median'] * 1e3:.1f}", f"{v['median'] / alone:.3f}"] for k, v in loop.items()],
+        )
+    )
     write_json(a.out, result)
 
 

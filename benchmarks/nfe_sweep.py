@@ -27,20 +27,42 @@ def points(nfes: list[int], ancestral_steps: int = 1000) -> list[tuple[str, int,
     return out + ([("ancestral", ancestral_steps, {})] if ancestral_steps else [])
 
 
-def run_sweep(workdir: str, nfes: list[int], num: int, batch: int, cache_dir: Path,
-              done: frozenset = frozenset(), ancestral_steps: int = 1000) -> list[dict]:
+def run_sweep(
+    workdir: str,
+    nfes: list[int],
+    num: int,
+    batch: int,
+    cache_dir: Path,
+    done: frozenset = frozenset(),
+    ancestral_steps: int = 1000,
+) -> list[dict]:
     """One row per point of `points(nfes, ancestral_steps)`, skipping the (sampler, steps) pairs in `done`."""
     rows = []
     for name, steps, options in points(nfes, ancestral_steps):
         if (name, steps) in done:
             continue
-        r, _ = score_run(workdir, num=num, sampling={"sampler": name, "steps": steps, **options}, batch=batch,
-                         cache_dir=cache_dir)
-        rows.append({"run": Path(workdir).name, "model": r["model"], "workdir": workdir, "step": r["step"],
-                     "sampler": name, "steps": steps, "nfe": r["nfe"], "num": num, "fd": r["fd"],
-                     "seconds_per_image": r["sample_seconds"] / num})
-        print(f"{Path(workdir).name} ({r['model']}) {name} nfe={r['nfe']}: FD {r['fd']:.3f}, "
-              f"{r['sample_seconds'] / num * 1e3:.1f} ms/image", flush=True)
+        r, _ = score_run(
+            workdir, num=num, sampling={"sampler": name, "steps": steps, **options}, batch=batch, cache_dir=cache_dir
+        )
+        rows.append(
+            {
+                "run": Path(workdir).name,
+                "model": r["model"],
+                "workdir": workdir,
+                "step": r["step"],
+                "sampler": name,
+                "steps": steps,
+                "nfe": r["nfe"],
+                "num": num,
+                "fd": r["fd"],
+                "seconds_per_image": r["sample_seconds"] / num,
+            }
+        )
+        print(
+            f"{Path(workdir).name} ({r['model']}) {name} nfe={r['nfe']}: FD {r['fd']:.3f}, "
+            f"{r['sample_seconds'] / num * 1e3:.1f} ms/image",
+            flush=True,
+        )
     return rows
 
 
@@ -50,10 +72,14 @@ def main() -> None:
     ap.add_argument("--nfe", type=int, nargs="+", default=[10, 20, 50, 100])
     ap.add_argument("--num", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=250)
-    ap.add_argument("--ancestral_steps", type=int, default=1000, help="the ancestral reference's steps; 0 leaves it out")
+    ap.add_argument(
+        "--ancestral_steps", type=int, default=1000, help="the ancestral reference's steps; 0 leaves it out"
+    )
     ap.add_argument("--cache_dir", default=None)
     ap.add_argument("--out", default="benchmarks/results/nfe_sweep")
-    ap.add_argument("--append", action="store_true", help="keep the rows in <out>/nfe_sweep.json, run only the points they lack")
+    ap.add_argument(
+        "--append", action="store_true", help="keep the rows in <out>/nfe_sweep.json, run only the points they lack"
+    )
     a = ap.parse_args()
     parallel.use_cpu_cores(a.batch)
     out = Path(a.out)
@@ -62,8 +88,11 @@ def main() -> None:
         kept = json.loads((out / "nfe_sweep.json").read_text())["rows"]
         other = {r.get("num") for r in kept} - {a.num}
         if other:
-            print(f"nfe_sweep.py: --append: {out / 'nfe_sweep.json'} holds rows with --num {other}, "
-                  f"not {a.num}; pass the same --num or another --out", file=sys.stderr)
+            print(
+                f"nfe_sweep.py: --append: {out / 'nfe_sweep.json'} holds rows with --num {other}, "
+                f"not {a.num}; pass the same --num or another --out",
+                file=sys.stderr,
+            )
             sys.exit(2)
     cache = Path(a.cache_dir) if a.cache_dir else default_cache_dir(a.workdirs[0])
     rows = list(kept)
@@ -75,8 +104,15 @@ def main() -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     print(f"\nFD (classifier features) against NFE, {a.num} samples each, on {machine()}")
-    print(markdown_table(["run", "model", "sampler", "NFE", "FD", "ms / image"],
-                         [[r["run"], r["model"], r["sampler"], r["nfe"], f"{r['fd']:.3f}", f"{r['seconds_per_image'] * 1e3:.1f}"] for r in rows]))
+    print(
+        markdown_table(
+            ["run", "model", "sampler", "NFE", "FD", "ms / image"],
+            [
+                [r["run"], r["model"], r["sampler"], r["nfe"], f"{r['fd']:.3f}", f"{r['seconds_per_image'] * 1e3:.1f}"]
+                for r in rows
+            ],
+        )
+    )
     for run in dict.fromkeys(r["run"] for r in rows):
         ref = next((r["fd"] for r in rows if r["run"] == run and r["sampler"] == "ancestral"), None)
         if ref is None:

@@ -52,16 +52,47 @@ def main() -> None:
             for name, fn in runs.items():
                 fwd = jax.jit(fn)
                 grad = jax.jit(jax.grad(lambda p, s, fn=fn: jnp.mean(jnp.square(fn(p, s)))))
-                t[name] = (median_time(fwd, params, y, repeats=a.repeats), median_time(grad, params, y, repeats=a.repeats))
+                t[name] = (
+                    median_time(fwd, params, y, repeats=a.repeats),
+                    median_time(grad, params, y, repeats=a.repeats),
+                )
             ref_f, ref_g = t["hand"]
             for name in MODES:
                 f, g = t[name]
-                rows.append([f"{size}x{size}x{ch}", f"{solver} x{a.steps}", name, f"{f*1e3:.1f}", f"{f/ref_f:.2f}",
-                             f"{g*1e3:.1f}", f"{g/ref_g:.2f}"])
-                records.append({"size": size, "channels": ch, "solver": solver, "mode": name, "forward_s": f,
-                                "forward_ratio": f / ref_f, "grad_s": g, "grad_ratio": g / ref_g})
-            rows.append([f"{size}x{size}x{ch}", f"{solver} x{a.steps}", "hand-unrolled", f"{ref_f*1e3:.1f}", "1.00",
-                         f"{ref_g*1e3:.1f}", "1.00"])
+                rows.append(
+                    [
+                        f"{size}x{size}x{ch}",
+                        f"{solver} x{a.steps}",
+                        name,
+                        f"{f * 1e3:.1f}",
+                        f"{f / ref_f:.2f}",
+                        f"{g * 1e3:.1f}",
+                        f"{g / ref_g:.2f}",
+                    ]
+                )
+                records.append(
+                    {
+                        "size": size,
+                        "channels": ch,
+                        "solver": solver,
+                        "mode": name,
+                        "forward_s": f,
+                        "forward_ratio": f / ref_f,
+                        "grad_s": g,
+                        "grad_ratio": g / ref_g,
+                    }
+                )
+            rows.append(
+                [
+                    f"{size}x{size}x{ch}",
+                    f"{solver} x{a.steps}",
+                    "hand-unrolled",
+                    f"{ref_f * 1e3:.1f}",
+                    "1.00",
+                    f"{ref_g * 1e3:.1f}",
+                    "1.00",
+                ]
+            )
     print(f"ODE block, batch {a.batch}, on {machine()}")
     print(markdown_table(["input", "solver", "mode", "fwd ms", "fwd / hand", "fwd+grad ms", "fwd+grad / hand"], rows))
     write_json(a.out, {"batch": a.batch, "results": records})

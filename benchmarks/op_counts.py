@@ -47,8 +47,18 @@ from odediff.training import make_train_step
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = ("celeba64", "mnist16")
 # Instructions that launch no kernel of their own.
-FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "after-all", "add-dependency",
-        "opt-barrier", "partition-id", "replica-id"}
+FREE = {
+    "parameter",
+    "constant",
+    "get-tuple-element",
+    "tuple",
+    "bitcast",
+    "after-all",
+    "add-dependency",
+    "opt-barrier",
+    "partition-id",
+    "replica-id",
+}
 _HEADER = re.compile(r"^(ENTRY )?%?([\w.\-]+) .*\{$")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (.*)$")
 _CALLED = re.compile(r"\b(calls|to_apply|condition|body|true_computation|false_computation)=%?([\w.\-]+)")
@@ -57,14 +67,13 @@ _CALLED_LIST = re.compile(r"\b(branch_computations|called_computations)=\{([^}]*
 
 def _opcode(rhs: str) -> str:
     """The opcode of an instruction's right-hand side `type opcode(operands), attributes`."""
-    i = 0
     if rhs.startswith("("):  # a tuple type, maybe nested
-        depth = 0
-        for i, ch in enumerate(rhs):
-            depth += (ch == "(") - (ch == ")")
+        depth, i = 0, 0
+        while True:
+            depth += (rhs[i] == "(") - (rhs[i] == ")")
+            i += 1
             if depth == 0:
                 break
-        i += 1
     else:
         i = rhs.index(" ")
     m = re.match(r"\s*([a-z][\w\-]*)\(", rhs[i:])
@@ -118,13 +127,15 @@ def hlo_counts(text: str) -> dict:
     todo = list(fused)
     while todo:  # fusions nest
         for op, rhs in comps.get(todo.pop(), []):
-            for kind, callee in _called(rhs):
+            for _kind, callee in _called(rhs):
                 if op == "fusion" and callee not in fused_all:
                     fused_all.add(callee)
                     todo.append(callee)
     ops = [(op, rhs) for name in run for op, rhs in comps[name] if op not in FREE]
     by_op = Counter(op for op, _ in ops)
-    conv_calls = sum(1 for op, rhs in ops if op == "custom-call" and "conv" in rhs.split("custom_call_target=")[-1][:60].lower())
+    conv_calls = sum(
+        1 for op, rhs in ops if op == "custom-call" and "conv" in rhs.split("custom_call_target=")[-1][:60].lower()
+    )
     fused_convs = sum(1 for name in fused_all for op, _ in comps[name] if op == "convolution")
     return {
         "ops": len(ops),
@@ -184,12 +195,17 @@ def measure(config: ml_collections.ConfigDict, batch: int) -> dict:
     x = jax.random.normal(jax.random.key(1), (batch, s, s, ch), jnp.float32)
     t = jnp.full((batch,), 500, jnp.int32)
     state = jax.jit(lambda k: create_train_state(model, tx, config, k))(jax.random.key(0))
-    step = make_train_step(model, tx, make_schedule(config.diffusion.beta_schedule, config.diffusion.num_timesteps), config)
+    step = make_train_step(
+        model, tx, make_schedule(config.diffusion.beta_schedule, config.diffusion.num_timesteps), config
+    )
     fwd = forward(model)
     m = config.model[config.model.name]
     return {
-        "model": config.model.name, "solver": f"{m.solver} x{m.ode_steps}" if config.model.name == "cunet" else None,
-        "image_size": s, "channels": ch, "batch": batch,
+        "model": config.model.name,
+        "solver": f"{m.solver} x{m.ode_steps}" if config.model.name == "cunet" else None,
+        "image_size": s,
+        "channels": ch,
+        "batch": batch,
         "params": int(sum(v.size for v in jax.tree.leaves(state.params))),
         "gflop_per_image": gflop(fwd, state.params, x[:1], t[:1]),
         "train_step_gflop_per_image": gflop(step, state, x) / batch,
@@ -206,13 +222,45 @@ def markdown(rec: dict) -> str:
             for part in ("forward", "train_step"):
                 k = r[part]
                 gf = r["gflop_per_image"] if part == "forward" else r["train_step_gflop_per_image"]
-                rows.append([setting, row, f"{r['params'] / 1e6:.2f}", part.replace("_", " "), r["batch"],
-                             f"{gf:.3f}", k["ops"], k["fusions"], k["convolutions"], k["custom_calls"],
-                             k["while_loops"], k["copies_transposes"], k["instructions"], k["lowered_ops"],
-                             f"{k['ops'] / (gf * r['batch']):.1f}"])
-    return markdown_table(["setting", "model", "M params", "function", "batch", "GFLOP / image", "ops", "fusions",
-                           "convolutions", "custom-calls", "while loops", "copies + transposes", "instructions",
-                           "ops before optimisation", "ops per GFLOP of the call"], rows)
+                rows.append(
+                    [
+                        setting,
+                        row,
+                        f"{r['params'] / 1e6:.2f}",
+                        part.replace("_", " "),
+                        r["batch"],
+                        f"{gf:.3f}",
+                        k["ops"],
+                        k["fusions"],
+                        k["convolutions"],
+                        k["custom_calls"],
+                        k["while_loops"],
+                        k["copies_transposes"],
+                        k["instructions"],
+                        k["lowered_ops"],
+                        f"{k['ops'] / (gf * r['batch']):.1f}",
+                    ]
+                )
+    return markdown_table(
+        [
+            "setting",
+            "model",
+            "M params",
+            "function",
+            "batch",
+            "GFLOP / image",
+            "ops",
+            "fusions",
+            "convolutions",
+            "custom-calls",
+            "while loops",
+            "copies + transposes",
+            "instructions",
+            "ops before optimisation",
+            "ops per GFLOP of the call",
+        ],
+        rows,
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -225,15 +273,20 @@ def main(argv: list[str] | None = None) -> dict:
     bad = sorted(set(settings) - set(SETTINGS))
     if bad:
         ap.error(f"--settings: unknown {bad}; choose from {', '.join(SETTINGS)}")
-    rec = {"settings": {}, "backend": "cpu, one device",
-           "flop_convention": "XLA cost_analysis flops of the module lowered for a CPU (2 per multiply-add)"}
+    rec = {
+        "settings": {},
+        "backend": "cpu, one device",
+        "flop_convention": "XLA cost_analysis flops of the module lowered for a CPU (2 per multiply-add)",
+    }
     with jax.default_device(jax.devices("cpu")[0]):
         for setting in settings:
             rec["settings"][setting] = {}
             for row, (config, batch) in configs(setting).items():
                 rec["settings"][setting][row] = r = measure(config, batch)
-                print(f"{setting} {row}: forward {r['forward']['ops']} ops, training step {r['train_step']['ops']} ops",
-                      flush=True)
+                print(
+                    f"{setting} {row}: forward {r['forward']['ops']} ops, training step {r['train_step']['ops']} ops",
+                    flush=True,
+                )
     write_json(a.out, rec)
     table = markdown(rec)
     Path(a.out).with_suffix(".md").write_text(table + "\n")

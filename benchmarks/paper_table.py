@@ -61,8 +61,9 @@ def memory(compiled) -> int | None:
     m = compiled.memory_analysis()
     if m is None:
         return None
-    return int(m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
-               - getattr(m, "alias_size_in_bytes", 0))
+    return int(
+        m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes - getattr(m, "alias_size_in_bytes", 0)
+    )
 
 
 def forward(model):
@@ -114,16 +115,35 @@ def memory_table(configs: dict, a, params_sharding) -> None:
     """--memory_only: the training step's memory, as configured, rematerialised, bfloat16, both."""
     rec = {name: step_memory_variants(name, c, a.batch, params_sharding, plain=True) for name, c in configs.items()}
     rows = []
-    for tag, label in (("", "as configured"), ("remat_", "every block rematerialised"),
-                       ("bf16_", "bfloat16 activations"), ("remat_bf16_", "rematerialised, bfloat16")):
+    for tag, label in (
+        ("", "as configured"),
+        ("remat_", "every block rematerialised"),
+        ("bf16_", "bfloat16 activations"),
+        ("remat_bf16_", "rematerialised, bfloat16"),
+    ):
         k = f"train_step_peak_bytes_xla_{tag}batch{a.batch}"
         cu, un = rec["cunet"][k], rec["unet"][k]
-        base_cu, base_un = rec["cunet"][f"train_step_peak_bytes_xla_batch{a.batch}"], rec["unet"][f"train_step_peak_bytes_xla_batch{a.batch}"]
-        rows.append([label, f"{cu / 2**20:.0f}", f"{cu / base_cu:.2f}", f"{un / 2**20:.0f}", f"{un / base_un:.2f}",
-                     f"{cu / un:.3f}"])
-    print(f"\ntraining step memory (XLA memory analysis, MiB), batch {a.batch}, {Path(a.config).name}, "
-          f"{jax.device_count()} devices, {machine()}")
-    print(markdown_table(["step", "cU-Net", "/ as configured", "DDPM U-Net", "/ as configured", "cU-Net / U-Net"], rows))
+        base_cu, base_un = (
+            rec["cunet"][f"train_step_peak_bytes_xla_batch{a.batch}"],
+            rec["unet"][f"train_step_peak_bytes_xla_batch{a.batch}"],
+        )
+        rows.append(
+            [
+                label,
+                f"{cu / 2**20:.0f}",
+                f"{cu / base_cu:.2f}",
+                f"{un / 2**20:.0f}",
+                f"{un / base_un:.2f}",
+                f"{cu / un:.3f}",
+            ]
+        )
+    print(
+        f"\ntraining step memory (XLA memory analysis, MiB), batch {a.batch}, {Path(a.config).name}, "
+        f"{jax.device_count()} devices, {machine()}"
+    )
+    print(
+        markdown_table(["step", "cU-Net", "/ as configured", "DDPM U-Net", "/ as configured", "cU-Net / U-Net"], rows)
+    )
     write_json(a.out, {"config": config_name(a.config), "batch": a.batch, "devices": jax.device_count(), "models": rec})
 
 
@@ -136,11 +156,18 @@ def main() -> None:
     ap.add_argument("--sample_steps", default="50,256")
     ap.add_argument("--solvers", default="euler,heun,midpoint,rk4")
     ap.add_argument("--ode_steps", default="1,2")
-    ap.add_argument("--cpu_devices", type=int, default=len(os.sched_getaffinity(0)),
-                    help="XLA CPU devices to split the batch over (no effect on accelerators)")
+    ap.add_argument(
+        "--cpu_devices",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="XLA CPU devices to split the batch over (no effect on accelerators)",
+    )
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--memory_only", action="store_true",
-                    help="only the training step's memory with and without remat / bfloat16 (compiles, runs nothing)")
+    ap.add_argument(
+        "--memory_only",
+        action="store_true",
+        help="only the training step's memory with and without remat / bfloat16 (compiles, runs nothing)",
+    )
     ap.add_argument("--out", default="benchmarks/results/paper_table.json")
     a = ap.parse_args()
     jax.config.update("jax_num_cpu_devices", a.cpu_devices)
@@ -170,8 +197,11 @@ def main() -> None:
         models[name], params[name] = m, p
         tc = time.perf_counter()
         forward(m).lower(p, x1, t1).compile()
-        rec[name] = {"params": int(sum(v.size for v in jax.tree.leaves(p))), "compile_forward_s": time.perf_counter() - tc,
-                     "gflop_per_image": gflop(forward(m), p, x1, t1)}
+        rec[name] = {
+            "params": int(sum(v.size for v in jax.tree.leaves(p))),
+            "compile_forward_s": time.perf_counter() - tc,
+            "gflop_per_image": gflop(forward(m), p, x1, t1),
+        }
         print(f"{name}: {rec[name]['params']:,} params, {rec[name]['gflop_per_image']:.2f} GFLOP/image", flush=True)
 
     # forward latency at --batch and at batch 1, alternated
@@ -200,9 +230,17 @@ def main() -> None:
                 sched = make_schedule(c.diffusion.beta_schedule, c.diffusion.num_timesteps)
                 m = models[name]
                 shape = (1, c.data.image_size, c.data.image_size, c.data.channels)
-                f = jax.jit(lambda p, key, m=m, sched=sched, c=c, shape=shape: ddim_sample(
-                    lambda pp, x, t: m.apply({"params": pp}, x, t), p, key, shape, sched, k,
-                    prediction=c.diffusion.prediction))
+                f = jax.jit(
+                    lambda p, key, m=m, sched=sched, c=c, shape=shape: ddim_sample(
+                        lambda pp, x, t: m.apply({"params": pp}, x, t),
+                        p,
+                        key,
+                        shape,
+                        sched,
+                        k,
+                        prediction=c.diffusion.prediction,
+                    )
+                )
                 f = f.lower(params[name], jax.random.key(0)).compile()
                 fns[name] = (lambda f, p: lambda: f(p, jax.random.key(0)))(f, params[name])
             for name, s in alternated_medians(fns, max(1, min(3, a.repeats))).items():
@@ -231,21 +269,38 @@ def main() -> None:
 
     # the table
     cu, un = rec["cunet"], rec["unet"]
-    keys = [("params", "parameters", lambda v: f"{v:,}"),
-            ("gflop_per_image", "GFLOP per evaluation (XLA, 2 x MAC)", lambda v: f"{v:.2f}"),
-            (f"forward_batch{a.batch}_s", f"forward, batch {a.batch} (ms)", lambda v: f"{1e3 * v:.1f}"),
-            ("forward_batch1_s", "forward, batch 1 (ms)", lambda v: f"{1e3 * v:.2f}")]
+    keys = [
+        ("params", "parameters", lambda v: f"{v:,}"),
+        ("gflop_per_image", "GFLOP per evaluation (XLA, 2 x MAC)", lambda v: f"{v:.2f}"),
+        (f"forward_batch{a.batch}_s", f"forward, batch {a.batch} (ms)", lambda v: f"{1e3 * v:.1f}"),
+        ("forward_batch1_s", "forward, batch 1 (ms)", lambda v: f"{1e3 * v:.2f}"),
+    ]
     for k in steps_list:
         keys.append((f"ddim{k}_per_image_s", f"DDIM {k}, one image, measured (s)", lambda v: f"{v:.3f}"))
-        keys.append((f"ddim{k}_per_image_estimate_s", f"DDIM {k}, one image, {k} x batch-1 forward (s)", lambda v: f"{v:.3f}"))
-    keys += [(f"train_step_batch{a.batch}_s", f"training step, batch {a.batch} (ms)", lambda v: f"{1e3 * v:.1f}"),
-             ("train_step_gflop", f"training step GFLOP, batch {a.batch}", lambda v: f"{v:.1f}"),
-             (f"train_step_peak_bytes_xla_batch{a.batch}", f"training step memory, batch {a.batch} (MiB, XLA)",
-              lambda v: f"{v / 2**20:.0f}")]
-    for tag, label in (("remat_", "every block rematerialised"), ("bf16_", "bfloat16 activations"),
-                       ("remat_bf16_", "rematerialised, bfloat16")):
-        keys.append((f"train_step_peak_bytes_xla_{tag}batch{a.batch}", f"training step memory, {label} (MiB, XLA)",
-                     lambda v: f"{v / 2**20:.0f}"))
+        keys.append(
+            (f"ddim{k}_per_image_estimate_s", f"DDIM {k}, one image, {k} x batch-1 forward (s)", lambda v: f"{v:.3f}")
+        )
+    keys += [
+        (f"train_step_batch{a.batch}_s", f"training step, batch {a.batch} (ms)", lambda v: f"{1e3 * v:.1f}"),
+        ("train_step_gflop", f"training step GFLOP, batch {a.batch}", lambda v: f"{v:.1f}"),
+        (
+            f"train_step_peak_bytes_xla_batch{a.batch}",
+            f"training step memory, batch {a.batch} (MiB, XLA)",
+            lambda v: f"{v / 2**20:.0f}",
+        ),
+    ]
+    for tag, label in (
+        ("remat_", "every block rematerialised"),
+        ("bf16_", "bfloat16 activations"),
+        ("remat_bf16_", "rematerialised, bfloat16"),
+    ):
+        keys.append(
+            (
+                f"train_step_peak_bytes_xla_{tag}batch{a.batch}",
+                f"training step memory, {label} (MiB, XLA)",
+                lambda v: f"{v / 2**20:.0f}",
+            )
+        )
     table = []
     ratios = {}
     for k, label, fmt in keys:
@@ -253,14 +308,26 @@ def main() -> None:
             ratios[k] = cu[k] / un[k]
             table.append([label, fmt(cu[k]), fmt(un[k]), f"{ratios[k]:.3f}"])
     c_cu, c_un = configs["cunet"].model.cunet, configs["unet"].model.unet
-    print(f"\n{Path(a.config).name} at {base.data.image_size}x{base.data.image_size}x{base.data.channels} on {machine()}, "
-          f"batch split over {jax.device_count()} devices")
-    print(f"cU-Net nf {c_cu.nf} x {tuple(c_cu.ch_mult)}, {c_cu.solver} x{c_cu.ode_steps}; "
-          f"U-Net ch {c_un.ch} x {tuple(c_un.ch_mult)}, {c_un.num_res_blocks} res blocks")
+    print(
+        f"\n{Path(a.config).name} at {base.data.image_size}x{base.data.image_size}x{base.data.channels} on {machine()}, "
+        f"batch split over {jax.device_count()} devices"
+    )
+    print(
+        f"cU-Net nf {c_cu.nf} x {tuple(c_cu.ch_mult)}, {c_cu.solver} x{c_cu.ode_steps}; "
+        f"U-Net ch {c_un.ch} x {tuple(c_un.ch_mult)}, {c_un.num_res_blocks} res blocks"
+    )
     print(markdown_table(["", "cU-Net", "DDPM U-Net", "cU-Net / U-Net"], table))
-    summary = {"config": config_name(a.config), "image_size": base.data.image_size, "batch": a.batch, "repeats": a.repeats,
-               "quick": a.quick, "devices": jax.device_count(), "models": rec, "ratios": ratios,
-               "flop_convention": "XLA cost_analysis flops (2 per multiply-add)"}
+    summary = {
+        "config": config_name(a.config),
+        "image_size": base.data.image_size,
+        "batch": a.batch,
+        "repeats": a.repeats,
+        "quick": a.quick,
+        "devices": jax.device_count(),
+        "models": rec,
+        "ratios": ratios,
+        "flop_convention": "XLA cost_analysis flops (2 per multiply-add)",
+    }
     write_json(a.out, {**summary, "solvers": None})  # kept if the solver rows below are cut short
 
     # solver settings
@@ -278,18 +345,43 @@ def main() -> None:
             g = gflop(forward(m), params["cunet"], x1, t1)
             fb = forward(m).lower(params["cunet"], xb, tb).compile()
             fns[(solver, n)] = (lambda f, x, t: lambda: f(params["cunet"], x, t))(fb, xb, tb)
-            solver_rec.append({"solver": solver, "ode_steps": n, "evaluations_per_block": STAGES.get(solver, 0) * n,
-                               "gflop_per_image": g, "flops_ratio_to_unet": g / un["gflop_per_image"]})
+            solver_rec.append(
+                {
+                    "solver": solver,
+                    "ode_steps": n,
+                    "evaluations_per_block": STAGES.get(solver, 0) * n,
+                    "gflop_per_image": g,
+                    "flops_ratio_to_unet": g / un["gflop_per_image"],
+                }
+            )
     lat = alternated_medians(fns, a.repeats)
     g_rk4 = next((r["gflop_per_image"] for r in solver_rec if r["solver"] == "rk4" and r["ode_steps"] == 1), None)
     for r in solver_rec:
         r[f"forward_batch{a.batch}_s"] = lat[(r["solver"], r["ode_steps"])]
-        solver_rows.append([f"{r['solver']} x{r['ode_steps']}", r["evaluations_per_block"], f"{r['gflop_per_image']:.2f}",
-                            f"{r['gflop_per_image'] / g_rk4:.2f}" if g_rk4 else "", f"{r['flops_ratio_to_unet']:.3f}",
-                            f"{1e3 * r[f'forward_batch{a.batch}_s']:.1f}"])
+        solver_rows.append(
+            [
+                f"{r['solver']} x{r['ode_steps']}",
+                r["evaluations_per_block"],
+                f"{r['gflop_per_image']:.2f}",
+                f"{r['gflop_per_image'] / g_rk4:.2f}" if g_rk4 else "",
+                f"{r['flops_ratio_to_unet']:.3f}",
+                f"{1e3 * r[f'forward_batch{a.batch}_s']:.1f}",
+            ]
+        )
     print("\ncU-Net ODE-solver settings (same weights)")
-    print(markdown_table(["solver", "field evals / block", "GFLOP / evaluation", "vs rk4 x1", "FLOPs / U-Net",
-                          f"forward batch {a.batch} (ms)"], solver_rows))
+    print(
+        markdown_table(
+            [
+                "solver",
+                "field evals / block",
+                "GFLOP / evaluation",
+                "vs rk4 x1",
+                "FLOPs / U-Net",
+                f"forward batch {a.batch} (ms)",
+            ],
+            solver_rows,
+        )
+    )
     print("Reference (notes, PyTorch counter, 2 x MAC): DDPM U-Net 48.4 GFLOP, authors' cU-Net 5.65 GFLOP (ratio 0.12)")
     write_json(a.out, {**summary, "solvers": solver_rec})
     print(f"-> {a.out}")

@@ -42,23 +42,56 @@ from benchmarks.compare_report import MODELS, SCORES, write_report
 from odediff import data as data_lib
 from odediff import images, parallel
 from odediff.checkpoint import checkpoint_dir
-from odediff.data import ImageSource
 from odediff.config import load_config_file
+from odediff.data import ImageSource
 from odediff.evaluation import Embedded, FeatureSpace, all_images, embed, evaluate_samples, feature_space
 from odediff.generation import make_sample_fn
 from odediff.training import ConfigMismatch, TrainingRun
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = {
-    "cpu": dict(image_size=16, batch=64, cunet_nf=8, cunet_ch_mult="2,4,8", cunet_attn="4",
-                unet_ch=32, unet_ch_mult="1,2,2,2", unet_attn="8"),
-    "gpu": dict(image_size=32, batch=128, cunet_nf=16, cunet_ch_mult="2,4,8", cunet_attn="8",
-                unet_ch=64, unet_ch_mult="1,2,2", unet_attn="16"),
+    "cpu": dict(
+        image_size=16,
+        batch=64,
+        cunet_nf=8,
+        cunet_ch_mult="2,4,8",
+        cunet_attn="4",
+        unet_ch=32,
+        unet_ch_mult="1,2,2,2",
+        unet_attn="8",
+    ),
+    "gpu": dict(
+        image_size=32,
+        batch=128,
+        cunet_nf=16,
+        cunet_ch_mult="2,4,8",
+        cunet_attn="8",
+        unet_ch=64,
+        unet_ch_mult="1,2,2",
+        unet_attn="16",
+    ),
 }
 # Settings that define the experiment: a results JSON only continues with the same ones.
-PROTOCOL = ("preset", "image_size", "batch", "lrs", "sweep_steps", "eval_every", "num_eval_samples", "eval_steps",
-            "ema", "cunet_nf", "cunet_ch_mult", "cunet_attn", "unet_ch", "unet_ch_mult", "unet_attn", "time_budget",
-            "decay_steps", "decay_start")
+PROTOCOL = (
+    "preset",
+    "image_size",
+    "batch",
+    "lrs",
+    "sweep_steps",
+    "eval_every",
+    "num_eval_samples",
+    "eval_steps",
+    "ema",
+    "cunet_nf",
+    "cunet_ch_mult",
+    "cunet_attn",
+    "unet_ch",
+    "unet_ch_mult",
+    "unet_attn",
+    "time_budget",
+    "decay_steps",
+    "decay_start",
+)
 SAMPLE_SEED = 1234
 
 
@@ -85,8 +118,10 @@ def protocol_change(record: dict, protocol: dict) -> str:
         return ""
     if diff == ["lrs"] and extends_grid(old["lrs"], protocol["lrs"]):
         return f"extending the learning-rate sweep from {old['lrs']} to {protocol['lrs']}"
-    raise ValueError(f"holds an experiment with other settings ({', '.join(diff)}): pass the same ones to "
-                     f"continue it (a wider --lrs may extend the sweep), or another --out")
+    raise ValueError(
+        f"holds an experiment with other settings ({', '.join(diff)}): pass the same ones to "
+        f"continue it (a wider --lrs may extend the sweep), or another --out"
+    )
 
 
 def other_feature_space(record: dict, floor: dict) -> str:
@@ -95,8 +130,10 @@ def other_feature_space(record: dict, floor: dict) -> str:
     old = record.get("floor")
     if not old or old["num"] != floor["num"] or np.allclose(old["fd"], floor["fd"], rtol=1e-3, atol=0):
         return ""
-    return (f"was scored in other features: its real-data floor FD is {np.mean(old['fd']):.4f}, here "
-            f"{np.mean(floor['fd']):.4f} (same images, another feature classifier): pass another --out")
+    return (
+        f"was scored in other features: its real-data floor FD is {np.mean(old['fd']):.4f}, here "
+        f"{np.mean(floor['fd']):.4f} (same images, another feature classifier): pass another --out"
+    )
 
 
 def make_config(a: argparse.Namespace, model: str, lr: float, seed: int) -> ml_collections.ConfigDict:
@@ -109,8 +146,16 @@ def make_config(a: argparse.Namespace, model: str, lr: float, seed: int) -> ml_c
     c.model.name = name
     if solver:
         c.model.cunet.solver, c.model.cunet.ode_steps = solver, 1
-    c.model.cunet.nf, c.model.cunet.ch_mult, c.model.cunet.attn_resolutions = a.cunet_nf, ints(a.cunet_ch_mult), ints(a.cunet_attn)
-    c.model.unet.ch, c.model.unet.ch_mult, c.model.unet.attn_resolutions = a.unet_ch, ints(a.unet_ch_mult), ints(a.unet_attn)
+    c.model.cunet.nf, c.model.cunet.ch_mult, c.model.cunet.attn_resolutions = (
+        a.cunet_nf,
+        ints(a.cunet_ch_mult),
+        ints(a.cunet_attn),
+    )
+    c.model.unet.ch, c.model.unet.ch_mult, c.model.unet.attn_resolutions = (
+        a.unet_ch,
+        ints(a.unet_ch_mult),
+        ints(a.unet_attn),
+    )
     c.training.batch_size = a.batch
     c.training.learning_rate = lr
     c.training.lr_schedule = "wsd" if a.decay_steps else "constant"
@@ -129,19 +174,24 @@ class Run:
     `cache` is shared by all runs of an invocation: the runs of a model share one compiled
     step and sampler."""
 
-    def __init__(self, a: argparse.Namespace, model: str, lr: float, seed: int, record: dict, mesh: Mesh | None, cache: dict):
+    def __init__(
+        self, a: argparse.Namespace, model: str, lr: float, seed: int, record: dict, mesh: Mesh | None, cache: dict
+    ):
         self.name = f"{model}_lr{lr:g}_s{seed}"
         self.model_name, self.lr, self.seed = model, lr, seed
         self.rec = record.setdefault(self.name, {"model": model, "lr": lr, "seed": seed, "evals": []})
         self.samplers = cache.setdefault("samplers", {})
         directory = Path(a.runs_dir) / self.name
         if self.rec["evals"] and not any(p.name.isdigit() for p in checkpoint_dir(directory).glob("*")):
-            fail(f"{directory} holds no checkpoint, but the results record holds scores of {self.name} up to step "
-                 f"{max(e['step'] for e in self.rec['evals']):,}: pass the --runs_dir that holds its checkpoints, "
-                 f"or leave seed {seed} out of --seeds (its scores are kept)")
+            fail(
+                f"{directory} holds no checkpoint, but the results record holds scores of {self.name} up to step "
+                f"{max(e['step'] for e in self.rec['evals']):,}: pass the --runs_dir that holds its checkpoints, "
+                f"or leave seed {seed} out of --seeds (its scores are kept)"
+            )
         try:
-            self.run = TrainingRun(make_config(a, model, lr, seed), directory, mesh, keep=2,
-                                   shared=cache.setdefault("training", {}))
+            self.run = TrainingRun(
+                make_config(a, model, lr, seed), directory, mesh, keep=2, shared=cache.setdefault("training", {})
+            )
         except ConfigMismatch as e:
             fail(f"{directory} holds a run with another config ({', '.join(e.differences)}): pass another --runs_dir")
         self.train_seconds = float(self.run.meta.get("train_seconds", 0.0))
@@ -157,8 +207,9 @@ class Run:
     def batch(self, source: ImageSource, step: int) -> jax.Array:
         """The run's batch of step `step`, on the devices."""
         c = self.run.config
-        return parallel.global_batch(data_lib.get_batch(source, c.data, c.training.batch_size, c.seed, step),
-                                     self.run.mesh)
+        return parallel.global_batch(
+            data_lib.get_batch(source, c.data, c.training.batch_size, c.seed, step), self.run.mesh
+        )
 
     def train_to(self, target: int, source: ImageSource) -> None:
         """Trains to step `target` (compilation not timed) and checkpoints there."""
@@ -171,7 +222,7 @@ class Run:
         jax.block_until_ready(self.run.state)
         self.train_seconds += time.perf_counter() - t0
         self.losses += [float(v) for v in jax.device_get(losses)]
-        if not np.isfinite(self.losses[-len(losses):]).all():
+        if not np.isfinite(self.losses[-len(losses) :]).all():
             print(f"{self.name}: non-finite losses before step {target}", flush=True)
         self.run.save({"train_seconds": self.train_seconds, "losses": self.losses})
 
@@ -202,8 +253,11 @@ def real_floor(train_source: ImageSource, real: Embedded, space: FeatureSpace, n
 def main_runs(record: dict, names: list[str], chosen: dict) -> list[str]:
     """The main runs after this invocation: its own (`names`) and those of earlier ones at a
     model's chosen rate, so a seed added on its own joins the seeds already scored."""
-    earlier = [n for n in record.get("main_runs", [])
-               if record["runs"][n]["model"] in chosen and record["runs"][n]["lr"] == chosen[record["runs"][n]["model"]]]
+    earlier = [
+        n
+        for n in record.get("main_runs", [])
+        if record["runs"][n]["model"] in chosen and record["runs"][n]["lr"] == chosen[record["runs"][n]["model"]]
+    ]
     return sorted(set(earlier) | set(names))
 
 
@@ -218,18 +272,31 @@ def time_models(runs: dict[str, Run], source: ImageSource, steps: int, repeats: 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="train_compare.py", description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "mnist"),
-                    help="directory with MNIST IDX files (*images-idx3-ubyte[.gz] and labels)")
+    ap.add_argument(
+        "--data",
+        default=str(REPO.parent / "shared" / "data" / "mnist"),
+        help="directory with MNIST IDX files (*images-idx3-ubyte[.gz] and labels)",
+    )
     ap.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
     for k, v in PRESETS["cpu"].items():
         ap.add_argument(f"--{k}", type=type(v), default=None, help=f"preset cpu: {v}")
     ap.add_argument("--steps", type=int, default=6000, help="train every run to this step (more continues)")
-    ap.add_argument("--decay_steps", type=int, default=0,
-                    help="the rate falls linearly to zero over the last this many steps before --steps (warmup-"
-                         "stable-decay, the same for every model); --steps is then fixed")
-    ap.add_argument("--time_budget", type=float, default=0.0,
-                    help="also stop a run once its training seconds reach this (equal wall clock); 0: no limit")
-    ap.add_argument("--lrs", default="5e-4,1e-3,2e-3,4e-3,8e-3", help="the learning-rate sweep grid, the same for every model")
+    ap.add_argument(
+        "--decay_steps",
+        type=int,
+        default=0,
+        help="the rate falls linearly to zero over the last this many steps before --steps (warmup-"
+        "stable-decay, the same for every model); --steps is then fixed",
+    )
+    ap.add_argument(
+        "--time_budget",
+        type=float,
+        default=0.0,
+        help="also stop a run once its training seconds reach this (equal wall clock); 0: no limit",
+    )
+    ap.add_argument(
+        "--lrs", default="5e-4,1e-3,2e-3,4e-3,8e-3", help="the learning-rate sweep grid, the same for every model"
+    )
     ap.add_argument("--sweep_steps", type=int, default=300)
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--models", default=",".join(MODELS))
@@ -294,9 +361,12 @@ def main() -> None:
     if other := other_feature_space(record, floor):
         fail(f"{path} {other}")
     record["floor"] = floor
-    print(f"{len(source)} train / {len(real)} held-out images; classifier test accuracy "
-          f"{space.info['classifier_test_accuracy']:.4f}; real-data FD floor "
-          f"{np.mean(record['floor']['fd']):.2f} +- {np.std(record['floor']['fd']):.2f}", flush=True)
+    print(
+        f"{len(source)} train / {len(real)} held-out images; classifier test accuracy "
+        f"{space.info['classifier_test_accuracy']:.4f}; real-data FD floor "
+        f"{np.mean(record['floor']['fd']):.2f} +- {np.std(record['floor']['fd']):.2f}",
+        flush=True,
+    )
 
     def save():
         write_json(path, record)
@@ -310,24 +380,33 @@ def main() -> None:
                 continue
             r = Run(a, m, lr, seeds[0], record["runs"], mesh, cache)
             r.train_to(a.sweep_steps, source)
-            tail = r.losses[a.sweep_steps - a.sweep_steps // 4: a.sweep_steps]
+            tail = r.losses[a.sweep_steps - a.sweep_steps // 4 : a.sweep_steps]
             sweep[f"{lr:g}"] = float(np.mean(tail))
             r.close()
-            print(f"sweep {m} lr {lr:g}: mean loss over steps {a.sweep_steps - len(tail) + 1}-{a.sweep_steps} "
-                  f"{sweep[f'{lr:g}']:.4f} ({r.train_seconds:.0f} s)", flush=True)
+            print(
+                f"sweep {m} lr {lr:g}: mean loss over steps {a.sweep_steps - len(tail) + 1}-{a.sweep_steps} "
+                f"{sweep[f'{lr:g}']:.4f} ({r.train_seconds:.0f} s)",
+                flush=True,
+            )
             save()
         chosen[m] = float(min(sweep, key=lambda k: sweep[k] if np.isfinite(sweep[k]) else np.inf))
     record["lr"] = chosen
 
     runs = [Run(a, m, chosen[m], s, record["runs"], mesh, cache) for s in seeds for m in models]
     record["main_runs"] = main_runs(record, [r.name for r in runs], chosen)
-    files_seed = {m: min(record["runs"][n]["seed"] for n in record["main_runs"] if record["runs"][n]["model"] == m)
-                  for m in models}
+    files_seed = {
+        m: min(record["runs"][n]["seed"] for n in record["main_runs"] if record["runs"][n]["model"] == m)
+        for m in models
+    }
     if a.retime or set(record.get("step_seconds", {})) != set(models):
-        record["step_seconds"] = time_models({m: next(r for r in runs if r.model_name == m) for m in models},
-                                             source, a.timed_steps, a.timing_repeats)
-        print("step seconds, side by side:", {m: f"{v['median']:.3f}" for m, v in record["step_seconds"].items()},
-              flush=True)
+        record["step_seconds"] = time_models(
+            {m: next(r for r in runs if r.model_name == m) for m in models}, source, a.timed_steps, a.timing_repeats
+        )
+        print(
+            "step seconds, side by side:",
+            {m: f"{v['median']:.3f}" for m, v in record["step_seconds"].items()},
+            flush=True,
+        )
         save()
     for target in range(a.eval_every, a.steps + 1, a.eval_every):
         if a.time_budget and all(r.train_seconds >= a.time_budget and r.step < target for r in runs):
@@ -340,8 +419,13 @@ def main() -> None:
             r.train_to(target, source)
             t0 = time.perf_counter()
             samples = r.samples(a.num_eval_samples)
-            ev = {"step": target, "train_seconds": r.train_seconds, **score(samples, real, space),
-                  "loss": float(np.mean(r.losses[-a.eval_every:])), "eval_seconds": time.perf_counter() - t0}
+            ev = {
+                "step": target,
+                "train_seconds": r.train_seconds,
+                **score(samples, real, space),
+                "loss": float(np.mean(r.losses[-a.eval_every :])),
+                "eval_seconds": time.perf_counter() - t0,
+            }
             r.rec["evals"].append(ev)
             r.rec["losses"] = r.losses
             if r.seed == files_seed[r.model_name]:
@@ -349,9 +433,12 @@ def main() -> None:
                 np.savez_compressed(out / f"samples_{r.model_name}.npz", images=samples)
                 images.save_grid(samples[:100], out / f"samples_{r.model_name}.png", scale=2)
                 r.rec["samples_step"] = target
-            print(f"{r.name} step {target}: loss {ev['loss']:.4f} FD {ev['fd']:.2f} prec {ev['precision']:.2f} "
-                  f"rec {ev['recall']:.2f} confident {ev['confident_fraction']:.2f} "
-                  f"({r.train_seconds:.0f} s training, {ev['eval_seconds']:.0f} s scoring)", flush=True)
+            print(
+                f"{r.name} step {target}: loss {ev['loss']:.4f} FD {ev['fd']:.2f} prec {ev['precision']:.2f} "
+                f"rec {ev['recall']:.2f} confident {ev['confident_fraction']:.2f} "
+                f"({r.train_seconds:.0f} s training, {ev['eval_seconds']:.0f} s scoring)",
+                flush=True,
+            )
             save()
         write_report(record, out)
     for r in runs:

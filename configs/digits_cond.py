@@ -4,8 +4,9 @@ python train.py --config configs/digits_cond.py
 python sample.py --workdir runs/digits_cond --labels all --num 8 --guidance 2
 """
 
-from odediff.config import load_config_file
 from pathlib import Path
+
+from odediff.config import load_config_file
 
 
 def get_config():

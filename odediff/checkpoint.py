@@ -49,9 +49,12 @@ def check_format(meta: dict, where: str) -> None:
         raise FormatError(
             f"{where} has checkpoint format {version}, and this odediff reads format {FORMAT_VERSION}: its "
             f"parameters compute another function here (before format 1 the cU-Net's vector field was the "
-            f"release's). Sample it with the odediff release that wrote it, or train a new run")
-    raise FormatError(f"{where} has checkpoint format {version}, newer than this odediff's {FORMAT_VERSION}: "
-                      f"upgrade odediff to read it")
+            f"release's). Sample it with the odediff release that wrote it, or train a new run"
+        )
+    raise FormatError(
+        f"{where} has checkpoint format {version}, newer than this odediff's {FORMAT_VERSION}: "
+        f"upgrade odediff to read it"
+    )
 
 
 def checkpoint_dir(workdir: str | Path) -> Path:
@@ -99,9 +102,7 @@ class Checkpointer:
         Raises CheckpointError saying why when the step is unfinished, unreadable, corrupted
         or does not fit `abstract_state`."""
         check_format(self.read_meta(step), f"checkpoint step {step} in {self.directory}")
-        args = ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
-        )
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
         _drop_failed_io_aftermath()
         try:
             _check_fits(self._manager.item_metadata(step)["state"], abstract_state.params)
@@ -129,8 +130,9 @@ class Checkpointer:
         if "ema_params_checksum" not in meta:
             raise CheckpointError("its record has no checksum of the EMA params alone: restore the whole state")
         item = {"ema_params": abstract_params}
-        args = ocp.args.PyTreeRestore(item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-                                      partial_restore=True)
+        args = ocp.args.PyTreeRestore(
+            item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True
+        )
         _drop_failed_io_aftermath()
         try:
             stored = self._manager.item_metadata(step)["state"]
@@ -143,8 +145,9 @@ class Checkpointer:
             raise
         except Exception as e:  # missing or truncated files, unreadable metadata
             raise CheckpointError(f"its files cannot be read ({_one_line(e)})") from e
-        _check_arrays(_host_leaves(params),
-                      int(parallel.to_host(state_checksum(params))) == meta["ema_params_checksum"])
+        _check_arrays(
+            _host_leaves(params), int(parallel.to_host(state_checksum(params))) == meta["ema_params_checksum"]
+        )
         return params
 
     def read_meta(self, step: int) -> dict:
@@ -189,7 +192,9 @@ class Checkpointer:
         if jax.process_index() == 0:
             for step in steps:
                 (self.directory / str(step)).rename(self.directory / f"{step}.unusable-{time.time_ns()}")
-            log.warning("moved unusable checkpoint steps %s in %s aside to <step>.unusable-<time>", steps, self.directory)
+            log.warning(
+                "moved unusable checkpoint steps %s in %s aside to <step>.unusable-<time>", steps, self.directory
+            )
         ocp.multihost.sync_global_processes("odediff_move_unusable_checkpoints")
         self._manager.reload()
 
@@ -219,18 +224,23 @@ class Checkpointer:
         if jax.process_index() == 0:
             for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
                 shutil.rmtree(tmp, ignore_errors=True)
-        intact = sorted(int(p.name) for p in self.directory.iterdir()
-                        if p.name.isdigit() and (p / COMMIT_FILE).is_file())
+        intact = sorted(
+            int(p.name) for p in self.directory.iterdir() if p.name.isdigit() and (p / COMMIT_FILE).is_file()
+        )
         newest = self.directory / str(intact[-1]) if intact else None
         on_disk = sum(f.stat().st_size for f in newest.rglob("*") if f.is_file()) if newest else 0
         needed = max(self._state_bytes, on_disk)  # a small state's files hold more than its arrays
         free = shutil.disk_usage(self.directory).free
-        resume = (f"run the same command to resume from step {intact[-1]}, the newest checkpoint, which is intact"
-                  if intact else "run the same command to start again")
+        resume = (
+            f"run the same command to resume from step {intact[-1]}, the newest checkpoint, which is intact"
+            if intact
+            else "run the same command to start again"
+        )
         raise DiskFullError(
             f"the disk holding {self.directory.parent} filled up while a checkpoint was saved: a checkpoint "
             f"takes about {_size(needed)} and {_size(free)} are free there; free some space or move "
-            f"the run to a larger disk, then {resume}") from None
+            f"the run to a larger disk, then {resume}"
+        ) from None
 
 
 def _disk_full(e: BaseException | None) -> bool:
@@ -359,16 +369,22 @@ def _check_fits(stored: Any, abstract_params: Any, prefix: str = "params.") -> N
     edited or copied from another run)."""
     if stored is None:  # no readable state metadata: restore will say why
         return
-    on_disk = {m.name.removeprefix(prefix): tuple(m.shape) for m in jax.tree.leaves(stored)
-               if m.name.startswith(prefix)}
-    wanted = {".".join(str(k.key) for k in path): tuple(leaf.shape)
-              for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
+    on_disk = {
+        m.name.removeprefix(prefix): tuple(m.shape) for m in jax.tree.leaves(stored) if m.name.startswith(prefix)
+    }
+    wanted = {
+        ".".join(str(k.key) for k in path): tuple(leaf.shape)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_params)[0]
+    }
     if on_disk == wanted:
         return
     missing, extra = sorted(set(wanted) - set(on_disk)), sorted(set(on_disk) - set(wanted))
     shapes = sorted(k for k in set(wanted) & set(on_disk) if wanted[k] != on_disk[k])
-    detail = (f"{shapes[0]} is {on_disk[shapes[0]]} on disk but {wanted[shapes[0]]} in the model" if shapes
-              else f"{len(missing)} params missing and {len(extra)} unexpected, e.g. {(missing or extra)[0]}")
+    detail = (
+        f"{shapes[0]} is {on_disk[shapes[0]]} on disk but {wanted[shapes[0]]} in the model"
+        if shapes
+        else f"{len(missing)} params missing and {len(extra)} unexpected, e.g. {(missing or extra)[0]}"
+    )
     raise CheckpointError(f"its params do not fit the model its config builds ({detail})")
 
 

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from absl import flags, logging as absl_logging
+from absl import flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from odediff.checkpoint import CheckpointError, DiskFullError
@@ -21,8 +22,19 @@ from odediff.data import DataError
 CONFIGS = importlib.resources.files("odediff.configs")  # the repository's configs/, installed with the package
 USAGE_ERRORS = (ConfigError, DataError, CheckpointError, FileExistsError)
 EXIT_CODES = "exit codes: 0 done; 1 an unexpected error; 2 bad command line or input (nothing changed)"
-_CUNET = ("time_embed_dim", "norm", "num_heads", "head_dim", "solver", "ode_steps", "rtol", "atol", "adjoint",
-          "ode_mode", "max_ode_steps")
+_CUNET = (
+    "time_embed_dim",
+    "norm",
+    "num_heads",
+    "head_dim",
+    "solver",
+    "ode_steps",
+    "rtol",
+    "atol",
+    "adjoint",
+    "ode_mode",
+    "max_ode_steps",
+)
 # Config fields by their former names, for the command line: old dotted key -> new keys. Besides
 # RENAMED (which saved configs may hold), the fields that moved into model.cunet and model.unet.
 RENAMED_FIELDS: dict[str, tuple[str, ...]] = {
@@ -73,7 +85,7 @@ def unknown_override(argv: list[str], key: str | None = None) -> str | None:
         for i in range(1, len(parts) + 1):
             head = ".".join(parts[:i])
             if head in fields and i < len(parts):  # a value where a group of fields would be
-                problems.append((parts[i], _unknown_field(arg, root, ".".join(parts[:i + 1]), fields, head)))
+                problems.append((parts[i], _unknown_field(arg, root, ".".join(parts[: i + 1]), fields, head)))
                 break
             if head not in fields and head not in groups:
                 problems.append((parts[i - 1], _unknown_field(arg, root, head, fields)))
@@ -86,8 +98,8 @@ def _unknown_field(arg: str, root: str, unknown: str, fields: dict, value_at: st
     `unknown` on (its first part that names nothing)."""
     flag, _, value = arg.partition("=")
     leading = flag[: flag.index(root) + len(root)]  # "--config." or "--sampling."
-    dotted = flag[len(leading):] if root == "config." else root + flag[len(leading):]
-    rest = dotted[len(unknown):]
+    dotted = flag[len(leading) :] if root == "config." else root + flag[len(leading) :]
+    rest = dotted[len(unknown) :]
     as_flag = lambda k: leading + (k if root == "config." else k.removeprefix(root))
     head = f"unknown field {unknown.rpartition('.')[2]!r} in {flag}"
     if value_at:
@@ -195,14 +207,17 @@ def define_train_flags(prog: str = "train.py") -> None:
     sys.argv[:] = resolve_config_arg(sys.argv, prog)
     try:  # without --config, ml_collections applies the --config.* overrides right here
         config_flags.DEFINE_config_file(
-            "config", str(packaged_configs()["digits.py"]),
-            "A configs/<name>.py file; override fields with --config.a.b=value.", lock_config=True,
+            "config",
+            str(packaged_configs()["digits.py"]),
+            "A configs/<name>.py file; override fields with --config.a.b=value.",
+            lock_config=True,
         )
     except Exception as e:
         _fail(prog, _flag_failure(prog, e, sys.argv))
     flags.DEFINE_string("workdir", None, "Run directory (default runs/<config name>).")
-    flags.DEFINE_bool("allow_config_change", False,
-                      "Continue a run in --workdir even though its config differs from this one.")
+    flags.DEFINE_bool(
+        "allow_config_change", False, "Continue a run in --workdir even though its config differs from this one."
+    )
     flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
     flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
     flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
@@ -235,8 +250,10 @@ def define_sampling_flags(prog: str) -> None:
 
     try:  # ml_collections applies the --sampling.* overrides right here
         config_flags.DEFINE_config_dict(
-            "sampling", default_config().sampling,
-            "Sampling options; --sampling.<field>=value replaces the run's own (see odediff/config.py).")
+            "sampling",
+            default_config().sampling,
+            "Sampling options; --sampling.<field>=value replaces the run's own (see odediff/config.py).",
+        )
     except Exception as e:
         _fail(prog, _flag_failure(prog, e, sys.argv))
     flags.DEFINE_string("sampler", None, f"Shorthand for --sampling.sampler: {' | '.join(SAMPLERS)}.")
@@ -294,12 +311,20 @@ def define_sample_flags(prog: str = "sample.py") -> None:
     flags.DEFINE_string("workdir", None, "Run directory holding checkpoints/.", required=True)
     flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
     flags.DEFINE_integer("num", 64, "Number of samples (per class with --labels).")
-    flags.DEFINE_string("labels", None, "Class-conditional runs: a class, a comma list, or 'all' (one grid row "
-                        "per class); default: the classes in turn.")
+    flags.DEFINE_string(
+        "labels",
+        None,
+        "Class-conditional runs: a class, a comma list, or 'all' (one grid row "
+        "per class); default: the classes in turn.",
+    )
     flags.DEFINE_integer("seed", 0, "Random seed.")
-    flags.DEFINE_string("out", None, "Output prefix: writes <out>.png, <out>.npz and <out>.json (the options) "
-                        "(default <workdir>/samples/sample_<step>_<sampler><steps>[_cfg<w>][_class<labels>]"
-                        "_seed<seed>).")
+    flags.DEFINE_string(
+        "out",
+        None,
+        "Output prefix: writes <out>.png, <out>.npz and <out>.json (the options) "
+        "(default <workdir>/samples/sample_<step>_<sampler><steps>[_cfg<w>][_class<labels>]"
+        "_seed<seed>).",
+    )
     define_sampling_flags(prog)
 
 
@@ -321,12 +346,22 @@ def sample_main() -> None:
     tag += block_tag(sc)
     out = f.out or str(Path(f.workdir) / "samples" / f"sample_{step}_{sc.sampler}{sc.steps}{tag}_seed{f.seed}")
     samples, seconds, nfe = generate(config, params, num, seed=f.seed, labels=labels)
-    record = {"workdir": str(f.workdir), "step": step, "seed": f.seed, "num": num, "nfe": nfe,
-              "labels": None if labels is None else labels.tolist(), "sampling": sc.to_dict(),
-              "model": config.model.name, "sample_seconds": seconds}
+    record = {
+        "workdir": str(f.workdir),
+        "step": step,
+        "seed": f.seed,
+        "num": num,
+        "nfe": nfe,
+        "labels": None if labels is None else labels.tolist(),
+        "sampling": sc.to_dict(),
+        "model": config.model.name,
+        "sample_seconds": seconds,
+    }
     png, npz, js = write_samples(samples, out, record, cols=cols)
-    print(f"{num} samples from step {step} ({describe_sampling(sc)}; {nfe} evaluations) in {seconds:.2f} s "
-          f"= {num / seconds:.2f} samples/s -> {png}, {npz}, {js}")
+    print(
+        f"{num} samples from step {step} ({describe_sampling(sc)}; {nfe} evaluations) in {seconds:.2f} s "
+        f"= {num / seconds:.2f} samples/s -> {png}, {npz}, {js}"
+    )
 
 
 EVALUATE_ABOUT = f"""Sample quality of a trained run against held-out images.
@@ -354,8 +389,12 @@ def define_evaluate_flags(prog: str = "evaluate.py") -> None:
     flags.DEFINE_integer("num_real", None, "Held-out real images to compare with (default: --num, or all there are).")
     flags.DEFINE_integer("seed", 0, "Random seed of the samples.")
     flags.DEFINE_integer("batch", 250, "Samples generated per compiled call.")
-    flags.DEFINE_string("cache_dir", None, "Where the feature classifier is cached "
-                        "(default ~/.cache/odediff, or <workdir>/../.cache if that is not writable).")
+    flags.DEFINE_string(
+        "cache_dir",
+        None,
+        "Where the feature classifier is cached "
+        "(default ~/.cache/odediff, or <workdir>/../.cache if that is not writable).",
+    )
     flags.DEFINE_string("inception_weights", None, "Inception-v3 .npz (odediff.features format) for RGB datasets.")
     flags.DEFINE_integer("classifier_steps", 1000, "Training steps of the feature classifier (part of its cache key).")
     define_sampling_flags(prog)
@@ -369,13 +408,22 @@ def evaluate_main() -> None:
     f = flags.FLAGS
     parallel.use_cpu_cores(f.batch)
     result, path = evaluate_run(
-        f.workdir, step=f.step, num=f.num, sampling=sampling_overrides(sys.argv), seed=f.seed,
-        batch=f.batch, cache_dir=f.cache_dir, inception_weights=f.inception_weights,
-        classifier_steps=f.classifier_steps, num_real=f.num_real,
+        f.workdir,
+        step=f.step,
+        num=f.num,
+        sampling=sampling_overrides(sys.argv),
+        seed=f.seed,
+        batch=f.batch,
+        cache_dir=f.cache_dir,
+        inception_weights=f.inception_weights,
+        classifier_steps=f.classifier_steps,
+        num_real=f.num_real,
     )
-    print(f"{result['model']} step {result['step']}, {result['num_samples']} samples ({result['sampling_used']}; "
-          f"{result['nfe']} evaluations, {result['samples_per_second']:.2f} samples/s) "
-          f"vs {result['num_real']} held-out images of {result['data_source']}")
+    print(
+        f"{result['model']} step {result['step']}, {result['num_samples']} samples ({result['sampling_used']}; "
+        f"{result['nfe']} evaluations, {result['samples_per_second']:.2f} samples/s) "
+        f"vs {result['num_real']} held-out images of {result['data_source']}"
+    )
     print(format_metrics(result))
     print(f"-> {path}")
 

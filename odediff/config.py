@@ -3,8 +3,9 @@
 import importlib.util
 import inspect
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import ml_collections
 
@@ -139,8 +140,14 @@ class ConfigError(ValueError):
 
 # Keys that may change when a run is resumed: they do not alter what is being trained.
 RESUMABLE_KEYS = (
-    "training.num_steps", "training.log_every", "training.sample_every",
-    "training.checkpoint_every", "training.keep_checkpoints", "sampling.", "data.prefetch", "data.num_workers",
+    "training.num_steps",
+    "training.log_every",
+    "training.sample_every",
+    "training.checkpoint_every",
+    "training.keep_checkpoints",
+    "sampling.",
+    "data.prefetch",
+    "data.num_workers",
 )
 
 
@@ -190,8 +197,11 @@ def config_differences(saved: Mapping[str, Any], config: ml_collections.ConfigDi
     a = flatten(json.loads(config_to_json(complete_config(saved))))
     b = flatten(json.loads(config_to_json(config)))
     unused = tuple(f"model.{name}." for name in ("cunet", "unet") if name not in (a["model.name"], b["model.name"]))
-    return sorted(k for k in set(a) | set(b)
-                  if a.get(k) != b.get(k) and not k.startswith(RESUMABLE_KEYS) and not (unused and k.startswith(unused)))
+    return sorted(
+        k
+        for k in set(a) | set(b)
+        if a.get(k) != b.get(k) and not k.startswith(RESUMABLE_KEYS) and not (unused and k.startswith(unused))
+    )
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -208,7 +218,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"{key}={flat[key]!r} is not one of {values}")
     mult = config.model[config.model.name].ch_mult
     if not isinstance(mult, tuple) or not mult or not all(isinstance(m, int) and m > 0 for m in mult):
-        raise ConfigError(f"model.{config.model.name}.ch_mult={mult!r} must be a tuple of positive integers, e.g. (1,2)")
+        raise ConfigError(
+            f"model.{config.model.name}.ch_mult={mult!r} must be a tuple of positive integers, e.g. (1,2)"
+        )
     size, factor = config.data.image_size, 2 ** num_downsamples(config.model)
     if size <= 0 or size % factor:
         raise ConfigError(
@@ -216,21 +228,32 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             f"with ch_mult={tuple(config.model[config.model.name].ch_mult)} needs: use a multiple of {factor}"
         )
     if not isinstance(flat["model.num_classes"], int) or flat["model.num_classes"] < 0:
-        raise ConfigError(f"model.num_classes={flat['model.num_classes']!r} must be 0 (unconditional) or the "
-                          f"number of classes of the data")
+        raise ConfigError(
+            f"model.num_classes={flat['model.num_classes']!r} must be 0 (unconditional) or the "
+            f"number of classes of the data"
+        )
     if not 0.0 <= flat["training.cond_drop_prob"] < 1.0:
         raise ConfigError(f"training.cond_drop_prob={flat['training.cond_drop_prob']!r} must be in [0, 1)")
     check_sampling(config.sampling)
-    for key in ("training.batch_size", "training.grad_accum_steps", "training.num_steps", "training.log_every",
-                "training.sample_every", "training.checkpoint_every", "sampling.num_samples"):
+    for key in (
+        "training.batch_size",
+        "training.grad_accum_steps",
+        "training.num_steps",
+        "training.log_every",
+        "training.sample_every",
+        "training.checkpoint_every",
+        "sampling.num_samples",
+    ):
         if not isinstance(flat[key], int) or flat[key] <= 0:
             raise ConfigError(f"{key}={flat[key]!r} must be a positive integer")
     for key in ("data.prefetch", "data.num_workers"):
         if not isinstance(flat[key], int) or flat[key] < 0:
             raise ConfigError(f"{key}={flat[key]!r} must be a non-negative integer")
     if flat["training.batch_size"] % flat["training.grad_accum_steps"]:
-        raise ConfigError(f"training.batch_size={flat['training.batch_size']} does not split into "
-                          f"training.grad_accum_steps={flat['training.grad_accum_steps']} micro-batches")
+        raise ConfigError(
+            f"training.batch_size={flat['training.batch_size']} does not split into "
+            f"training.grad_accum_steps={flat['training.grad_accum_steps']} micro-batches"
+        )
 
 
 def check_sampling(sampling: ml_collections.ConfigDict) -> None:
@@ -245,22 +268,29 @@ def check_sampling(sampling: ml_collections.ConfigDict) -> None:
     solving = [name for name in SAMPLERS if "solver" in takes[name]]  # the ODE samplers: adaptive with steps 0
     solves = s.sampler in solving
     if not isinstance(s.steps, int) or s.steps < 0 or (s.steps == 0 and not solves):
-        raise ConfigError(f"sampling.steps={s.steps!r} must be a positive integer (0, adaptive, only with "
-                          f"sampling.sampler={' or '.join(solving)})")
+        raise ConfigError(
+            f"sampling.steps={s.steps!r} must be a positive integer (0, adaptive, only with "
+            f"sampling.sampler={' or '.join(solving)})"
+        )
     if solves and s.solver not in SOLVERS:
         raise ConfigError(f"sampling.solver={s.solver!r} is not one of {tuple(SOLVERS)}")
     if solves and s.steps == 0 and s.solver not in ADAPTIVE:
-        raise ConfigError(f"sampling.steps=0 (adaptive) needs a solver with an error estimate: "
-                          f"sampling.solver one of {tuple(ADAPTIVE)}")
+        raise ConfigError(
+            f"sampling.steps=0 (adaptive) needs a solver with an error estimate: "
+            f"sampling.solver one of {tuple(ADAPTIVE)}"
+        )
     spacings = DISCRETE_SPACINGS if takes[s.sampler]["spacing"].default in DISCRETE_SPACINGS else SPACINGS
     if s.spacing and s.spacing not in spacings:
-        raise ConfigError(f"sampling.spacing={s.spacing!r} does not suit sampler {s.sampler!r}: use one of "
-                          f"{spacings}, or '' for its default")
+        raise ConfigError(
+            f"sampling.spacing={s.spacing!r} does not suit sampler {s.sampler!r}: use one of "
+            f"{spacings}, or '' for its default"
+        )
     if s.guidance < 0:
         raise ConfigError(f"sampling.guidance={s.guidance!r} must not be negative")
     if (s.get("block_solver") or "") not in ("",) + tuple(SOLVERS):
-        raise ConfigError(f"sampling.block_solver={s.block_solver!r} is not one of {tuple(SOLVERS)}, or '' for "
-                          f"the model's own")
+        raise ConfigError(
+            f"sampling.block_solver={s.block_solver!r} is not one of {tuple(SOLVERS)}, or '' for the model's own"
+        )
     steps = s.get("block_steps") or 0
     if not isinstance(steps, int) or steps < 0:
         raise ConfigError(f"sampling.block_steps={steps!r} must be a non-negative integer (0: the model's own)")

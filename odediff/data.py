@@ -18,8 +18,9 @@ import dataclasses
 import functools
 import gzip
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import ml_collections
 import numpy as np

@@ -84,7 +84,7 @@ def denoise(
     x_all = np.float32(sa) * (np.float32(2.0) * noisy01 - np.float32(1.0))
     compiled = chain.lower(params, jnp.asarray(x_all[:batch]), kchain).compile()
     for i, s in enumerate(range(0, len(clean), batch)):
-        x = x_all[s:s + batch]
+        x = x_all[s : s + batch]
         b = len(x)
         if b < batch:  # pad to the compiled batch size
             x = np.concatenate([x, np.zeros((batch - b,) + x.shape[1:], x.dtype)])
@@ -92,7 +92,7 @@ def denoise(
         x0s = np.asarray(jax.block_until_ready(compiled(params, jnp.asarray(x), jax.random.fold_in(kchain, i))))[:, :b]
         seconds += time.perf_counter() - t0
         est = (x0s + np.float32(1.0)) * np.float32(0.5)  # (k, b, H, W, C) in [0, 1]
-        ref = np.broadcast_to(clean01[s:s + batch], est.shape)
+        ref = np.broadcast_to(clean01[s : s + batch], est.shape)
         p, q = metrics.psnr(est, ref), metrics.ssim(est, ref)  # (k, b)
         psnr_curve += p.sum(axis=1)
         ssim_curve += q.sum(axis=1)
@@ -155,8 +155,12 @@ def classical_baselines(clean: np.ndarray, eps: float, key: jax.Array) -> dict:
     out["gaussian_blur"] = {"psnr": best[0], "ssim": best[1], "param": f"sigma={best[2]}"}
     best = None
     for size in (3, 5, 7):
-        f = np.stack([np.stack([signal.wiener(img[..., c], size, noise=eps**2)
-                                for c in range(img.shape[-1])], axis=-1) for img in noisy])
+        f = np.stack(
+            [
+                np.stack([signal.wiener(img[..., c], size, noise=eps**2) for c in range(img.shape[-1])], axis=-1)
+                for img in noisy
+            ]
+        )
         p, q = score(f)
         if best is None or p > best[0]:
             best = (p, q, size)

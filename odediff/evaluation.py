@@ -22,8 +22,8 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import jax
 import ml_collections
@@ -74,20 +74,39 @@ def embed(images: np.ndarray, space: FeatureSpace) -> Embedded:
     return Embedded(space.features(images), probs, preds)
 
 
-def real_embedding(data_config: ml_collections.ConfigDict, split: str, num: int | None, seed: int,
-                   space: FeatureSpace, cache_dir: str | Path | None) -> Embedded:
+def real_embedding(
+    data_config: ml_collections.ConfigDict,
+    split: str,
+    num: int | None,
+    seed: int,
+    space: FeatureSpace,
+    cache_dir: str | Path | None,
+) -> Embedded:
     """`num` images of a split (all: None) drawn with `seed`, embedded in `space`; cached
     as <cache_dir>/real_<digest>.npz per data set, split, draw and feature space, so
     evaluating again reads no images and runs no network on them."""
-    identity = json.dumps({"source": str(data_config.source), "size": data_config.image_size,
-                           "channels": data_config.channels, "holdout": data_config.holdout_fraction,
-                           "data_dir": data_config.get("data_dir", ""), "split": split, "num": num, "seed": seed,
-                           "space": space.key}, sort_keys=True)
+    identity = json.dumps(
+        {
+            "source": str(data_config.source),
+            "size": data_config.image_size,
+            "channels": data_config.channels,
+            "holdout": data_config.holdout_fraction,
+            "data_dir": data_config.get("data_dir", ""),
+            "split": split,
+            "num": num,
+            "seed": seed,
+            "space": space.key,
+        },
+        sort_keys=True,
+    )
     path = Path(cache_dir or ".") / f"real_{hashlib.sha1(identity.encode()).hexdigest()[:16]}.npz"
     if space.key and cache_dir and path.is_file():
         with np.load(path) as f:
-            return Embedded(f["features"], f["probabilities"] if "probabilities" in f else None,
-                            f["predictions"] if "predictions" in f else None)
+            return Embedded(
+                f["features"],
+                f["probabilities"] if "probabilities" in f else None,
+                f["predictions"] if "predictions" in f else None,
+            )
     images, _ = all_images(data_lib.load_source(data_config, split), num, seed=seed)
     e = embed(images, space)
     if space.key and cache_dir:
@@ -121,8 +140,7 @@ def classifier_key(data_config: ml_collections.ConfigDict, steps: int) -> str:
     return f"classifier_{slug}_{digest}_{data_config.image_size}px_{data_config.channels}ch_{steps}steps"
 
 
-def all_images(source: data_lib.ImageSource, limit: int | None = None, seed: int = 0
-               ) -> tuple[np.ndarray, np.ndarray]:
+def all_images(source: data_lib.ImageSource, limit: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A source's images and their indices: all in order, or `limit` drawn with `seed` (sorted)."""
     idx = np.arange(len(source))
     if limit is not None and limit < len(source):
@@ -145,14 +163,17 @@ def feature_space(
 
         path = Path(inception_weights).expanduser()
         if not path.is_file():
-            raise ConfigError(f"--inception_weights {path} does not exist: pass an .npz made with "
-                              "odediff.inception.convert_torch_state_dict + save_inception_params")
+            raise ConfigError(
+                f"--inception_weights {path} does not exist: pass an .npz made with "
+                "odediff.inception.convert_torch_state_dict + save_inception_params"
+            )
         try:
             variables = load_inception_params(path)
         except (ValueError, OSError) as e:
             raise ConfigError(f"--inception_weights {path}: {str(e).splitlines()[0]}") from e
         return FeatureSpace(
-            kind="inception", fd_label=INCEPTION_FD,
+            kind="inception",
+            fd_label=INCEPTION_FD,
             features=lambda x: inception_features(variables, data_lib.to_model_range(x)),
             info={"inception_weights": str(path)},
             key="inception_" + hashlib.sha1(path.read_bytes()).hexdigest()[:16],
@@ -173,19 +194,29 @@ def feature_space(
     key = classifier_key(data_config, classifier_steps)
     t0 = time.perf_counter()
     params, accuracy = load_or_train_classifier(
-        data_lib.to_model_range(train_x), train.get_labels(train_idx),
-        data_lib.to_model_range(test_x), test.get_labels(test_idx),
-        max(train.num_classes, test.num_classes or 0), cache_dir, key, steps=classifier_steps,
+        data_lib.to_model_range(train_x),
+        train.get_labels(train_idx),
+        data_lib.to_model_range(test_x),
+        test.get_labels(test_idx),
+        max(train.num_classes, test.num_classes or 0),
+        cache_dir,
+        key,
+        steps=classifier_steps,
     )
     return FeatureSpace(
-        kind="classifier", fd_label=CLASSIFIER_FD,
+        kind="classifier",
+        fd_label=CLASSIFIER_FD,
         features=lambda x: classifier_features(params, data_lib.to_model_range(x)),
         predict=lambda x: np.argmax(classifier_logits(params, data_lib.to_model_range(x)), axis=-1),
         probabilities=lambda x: np.asarray(jax.nn.softmax(classifier_logits(params, data_lib.to_model_range(x)))),
         num_classes=train.num_classes,
-        info={"classifier_test_accuracy": accuracy, "classifier_cache": str(Path(cache_dir) / key),
-              "classifier_train_images": int(len(train_x)), "classifier_test_images": int(len(test_x)),
-              "classifier_seconds": time.perf_counter() - t0},
+        info={
+            "classifier_test_accuracy": accuracy,
+            "classifier_cache": str(Path(cache_dir) / key),
+            "classifier_train_images": int(len(train_x)),
+            "classifier_test_images": int(len(test_x)),
+            "classifier_seconds": time.perf_counter() - t0,
+        },
         key=key,
     )
 
@@ -272,8 +303,12 @@ def confidence_stats(probabilities: np.ndarray, confidence: float = 0.9) -> dict
     sure = p.max(1) >= confidence
     hist = np.bincount(p[sure].argmax(1), minlength=p.shape[1]) / max(int(sure.sum()), 1)
     nz = hist[hist > 0]
-    return {"confidence": confidence, "confident_fraction": float(sure.mean()),
-            "confident_entropy": float(-(nz * np.log2(nz)).sum()), "confident_histogram": [float(v) for v in hist]}
+    return {
+        "confidence": confidence,
+        "confident_fraction": float(sure.mean()),
+        "confident_entropy": float(-(nz * np.log2(nz)).sum()),
+        "confident_histogram": [float(v) for v in hist],
+    }
 
 
 def format_metrics(result: dict) -> str:
@@ -282,8 +317,10 @@ def format_metrics(result: dict) -> str:
     if "fd_real_vs_real" in result:
         rows.append([f"{result['fd_label']}, real vs real (floor)", f"{result['fd_real_vs_real']:.3f}"])
     rows += [
-        ["KID" + (" (standardised features)" if result["feature_space"] == "classifier" else ""),
-         f"{result['kid_mean']:.4g} +- {result['kid_std']:.2g}"],
+        [
+            "KID" + (" (standardised features)" if result["feature_space"] == "classifier" else ""),
+            f"{result['kid_mean']:.4g} +- {result['kid_std']:.2g}",
+        ],
         [f"precision (k={result['pr_k']})", f"{result['precision']:.3f}"],
         [f"recall (k={result['pr_k']})", f"{result['recall']:.3f}"],
     ]
@@ -338,19 +375,31 @@ def score_run(
     if config.model.num_classes and labels is None and not null_class:
         labels = class_labels(config.model.num_classes, num)
     cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir(workdir)
-    space = feature_space(config.data, cache_dir, inception_weights=inception_weights,
-                          classifier_steps=classifier_steps)
+    space = feature_space(
+        config.data, cache_dir, inception_weights=inception_weights, classifier_steps=classifier_steps
+    )
     real = real_embedding(config.data, "test", num_real or num, 1, space, cache_dir)
     reference = real_embedding(config.data, "train", len(real), 2, space, cache_dir)
     samples, seconds, nfe = generate(config, params, num, seed=seed, batch=batch, labels=labels)
     result = evaluate_samples(samples, real, space, reference=reference, labels=labels)
-    result.update({
-        "workdir": str(workdir), "step": step, "model": config.model.name, "sampler": sc.sampler,
-        "steps": sc.steps, "sampling": sc.to_dict(), "sampling_used": describe_sampling(sc), "nfe": nfe,
-        "seed": seed, "sample_seconds": seconds,
-        "samples_per_second": num / max(seconds, 1e-9), "data_source": str(config.data.source),
-        "real_split": "test", "reference_split": "train",
-    })
+    result.update(
+        {
+            "workdir": str(workdir),
+            "step": step,
+            "model": config.model.name,
+            "sampler": sc.sampler,
+            "steps": sc.steps,
+            "sampling": sc.to_dict(),
+            "sampling_used": describe_sampling(sc),
+            "nfe": nfe,
+            "seed": seed,
+            "sample_seconds": seconds,
+            "samples_per_second": num / max(seconds, 1e-9),
+            "data_source": str(config.data.source),
+            "real_split": "test",
+            "reference_split": "train",
+        }
+    )
     return result, samples
 
 
@@ -369,9 +418,18 @@ def evaluate_run(
 ) -> tuple[dict, Path]:
     """`score_run`'s scores, also written to <workdir>/eval_<step>_<sampler><steps>[_cfg<w>][_blocks-<solver>x<steps>].json;
     returns them and that path."""
-    result, _ = score_run(workdir, step=step, num=num, sampling=sampling, seed=seed, batch=batch,
-                          cache_dir=cache_dir, inception_weights=inception_weights,
-                          classifier_steps=classifier_steps, num_real=num_real)
+    result, _ = score_run(
+        workdir,
+        step=step,
+        num=num,
+        sampling=sampling,
+        seed=seed,
+        batch=batch,
+        cache_dir=cache_dir,
+        inception_weights=inception_weights,
+        classifier_steps=classifier_steps,
+        num_real=num_real,
+    )
     guidance = result["sampling"].get("guidance")
     from odediff.generation import block_tag
 

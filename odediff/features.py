@@ -13,8 +13,9 @@ from __future__ import annotations
 import functools
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -64,7 +65,7 @@ class Classifier(nn.Module):
         return nn.Dense(self.num_classes, name="head")(h)
 
     @classmethod
-    def from_params(cls, params: Params) -> "Classifier":
+    def from_params(cls, params: Params) -> Classifier:
         """The `Classifier` whose `init` produces a tree shaped like `params`."""
         widths = []
         while f"conv{len(widths)}" in params:
@@ -84,7 +85,7 @@ def as_images(images: np.ndarray) -> np.ndarray:
     return images
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jitted_apply(module: nn.Module, features: bool):
     return jax.jit(lambda p, x: module.apply({"params": p}, x, features=features))
 
@@ -214,17 +215,13 @@ def load_or_train_classifier(
             )
         model = Classifier(num_classes, tuple(meta["widths"]), meta["hidden"])
         abstract = jax.eval_shape(
-            lambda: model.init(jax.random.key(0), jnp.zeros((1,) + image_shape, jnp.float32))[
-                "params"
-            ]
+            lambda: model.init(jax.random.key(0), jnp.zeros((1,) + image_shape, jnp.float32))["params"]
         )
         with ocp.StandardCheckpointer() as ckptr:
             params = ckptr.restore(ckpt_path, abstract)
         return params, float(meta["test_accuracy"])
 
-    params = train_classifier(
-        train_images, train_labels, num_classes, steps=steps, batch_size=batch_size, seed=seed
-    )
+    params = train_classifier(train_images, train_labels, num_classes, steps=steps, batch_size=batch_size, seed=seed)
     pred = classifier_predict(params, test_images)
     accuracy = float(np.mean(pred == np.asarray(test_labels)))
     model = Classifier.from_params(params)

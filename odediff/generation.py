@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 
 from odediff import data, images, parallel
-from odediff.checkpoint import CheckpointError, Checkpointer, FormatError, check_format, checkpoint_dir
+from odediff.checkpoint import Checkpointer, CheckpointError, FormatError, check_format, checkpoint_dir
 from odediff.config import ConfigError, check_sampling, complete_config
 from odediff.models import build_denoiser, with_block_solver
 from odediff.samplers import SAMPLERS, sample
@@ -30,8 +30,11 @@ def sampling_options(sampling: ml_collections.ConfigDict) -> dict:
     that sampler takes, less those left at "use the sampler's default" ("" or None)."""
     check_sampling(sampling)
     takes = inspect.signature(SAMPLERS[sampling.sampler]).parameters
-    return {k: sampling[k] for k in ("eta", "solver", "rtol", "atol", "spacing", "clip", "continuous_t")
-            if k in takes and sampling.get(k) not in (None, "")}
+    return {
+        k: sampling[k]
+        for k in ("eta", "solver", "rtol", "atol", "spacing", "clip", "continuous_t")
+        if k in takes and sampling.get(k) not in (None, "")
+    }
 
 
 def describe_sampling(sampling: ml_collections.ConfigDict) -> str:
@@ -71,11 +74,14 @@ def sampling_model(model, config: ml_collections.ConfigDict):
         return model
     given = f"sampling.block_solver={solver!r}, sampling.block_steps={steps}"
     if config.model.name != "cunet":
-        raise ConfigError(f"{given}: these apply to cU-Nets only (model.name=cunet), and this model is a "
-                          f"{config.model.name}; leave them unset")
+        raise ConfigError(
+            f"{given}: these apply to cU-Nets only (model.name=cunet), and this model is a "
+            f"{config.model.name}; leave them unset"
+        )
     if not steps and not model.ode.steps:
-        raise ConfigError(f"{given}: the model solves its blocks adaptively, so the block solver needs "
-                          f"sampling.block_steps > 0")
+        raise ConfigError(
+            f"{given}: the model solves its blocks adaptively, so the block solver needs sampling.block_steps > 0"
+        )
     try:
         return with_block_solver(model, solver, steps)
     except ValueError as e:
@@ -87,8 +93,9 @@ def class_labels(num_classes: int, num: int) -> np.ndarray:
     return (np.arange(num) % num_classes).astype(np.int32)
 
 
-def make_sample_fn(model, schedule: Schedule, config: ml_collections.ConfigDict, num: int,
-                   mesh: jax.sharding.Mesh | None = None):
+def make_sample_fn(
+    model, schedule: Schedule, config: ml_collections.ConfigDict, num: int, mesh: jax.sharding.Mesh | None = None
+):
     """A jitted `(params, key, labels=None) -> (images in [-1, 1], nfe)` drawing `num`
     samples with the sampler, steps and options of `config.sampling` (see `with_sampling`),
     a cU-Net's ODE blocks solved as its `block_solver` and `block_steps` say (`sampling_model`).
@@ -123,13 +130,23 @@ def make_sample_fn(model, schedule: Schedule, config: ml_collections.ConfigDict,
             if not w:
                 return model.apply({"params": p}, x, t, labels)
             null = jnp.full_like(labels, num_classes)
-            out = model.apply({"params": p}, jnp.concatenate([x, x]), jnp.concatenate([t, t]),
-                              jnp.concatenate([labels, null]))
+            out = model.apply(
+                {"params": p}, jnp.concatenate([x, x]), jnp.concatenate([t, t]), jnp.concatenate([labels, null])
+            )
             out_c, out_u = jnp.split(out, 2)
             return (1.0 + w) * out_c - w * out_u
 
-        return sample(sc.sampler, apply, params, key, input_shape(config, num), schedule, sc.steps or None,
-                      prediction=config.diffusion.prediction, **options)
+        return sample(
+            sc.sampler,
+            apply,
+            params,
+            key,
+            input_shape(config, num),
+            schedule,
+            sc.steps or None,
+            prediction=config.diffusion.prediction,
+            **options,
+        )
 
     return sample_fn
 
@@ -167,7 +184,8 @@ def restore_run(workdir: str | Path, step: int | None = None) -> tuple[ml_collec
         if "ema_params_checksum" in meta:
             shapes = jax.eval_shape(lambda k: init_params(model, config, k), jax.random.key(0))
             params = ckpt.restore_ema_params(
-                step, jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes))
+                step, jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+            )
         else:  # saved before the EMA params had a checksum of their own: checked with the whole state
             abstract = abstract_train_state(model, make_optimizer(config.training), config, sharding)
             params = ckpt.restore(step, abstract)[0].ema_params
@@ -197,7 +215,7 @@ def generate(
         raise ConfigError(f"the number of samples and the batch must be positive, got {num}, {batch}")
     batch = min(batch or num, num)
     labels = check_labels(config, labels, num)
-    chunks_of = lambda i: None if labels is None else np.resize(labels[i * batch:], batch)
+    chunks_of = lambda i: None if labels is None else np.resize(labels[i * batch :], batch)
     model = build_denoiser(config.model)
     schedule = make_schedule(config.diffusion.beta_schedule, config.diffusion.num_timesteps)
     fn = make_sample_fn(model, schedule, config, batch)
@@ -213,8 +231,9 @@ def generate(
     return np.concatenate(chunks)[:num], seconds, nfe
 
 
-def write_samples(samples: np.ndarray, prefix: str | Path, record: dict | None = None,
-                  cols: int = 0) -> tuple[Path, ...]:
+def write_samples(
+    samples: np.ndarray, prefix: str | Path, record: dict | None = None, cols: int = 0
+) -> tuple[Path, ...]:
     """<prefix>.png (a grid, `cols` per row; 0: as square as it goes), <prefix>.npz (key
     `images`, uint8 NHWC; `labels` too where the record has them) and, with a `record`,
     <prefix>.json; never overwrites."""

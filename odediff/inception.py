@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -37,17 +38,19 @@ class BasicConv2d(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         x = nn.Conv(
-            self.features, self.kernel, self.strides, padding=_pad(self.padding),
-            use_bias=False, name="conv",
+            self.features,
+            self.kernel,
+            self.strides,
+            padding=_pad(self.padding),
+            use_bias=False,
+            name="conv",
         )(x)
         x = nn.BatchNorm(use_running_average=True, epsilon=1e-3, name="bn")(x)
         return nn.relu(x)
 
 
 def _avg_pool3(x: jax.Array, count_include_pad: bool) -> jax.Array:
-    return nn.avg_pool(
-        x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)), count_include_pad=count_include_pad
-    )
+    return nn.avg_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)), count_include_pad=count_include_pad)
 
 
 def _max_pool3_s2(x: jax.Array) -> jax.Array:
@@ -177,9 +180,7 @@ class InceptionV3(nn.Module):
         if x.shape[-1] == 1:
             x = jnp.tile(x, (1, 1, 1, 3))
         if self.resize_input and x.shape[1:3] != (INCEPTION_SIZE, INCEPTION_SIZE):
-            x = jax.image.resize(
-                x, (x.shape[0], INCEPTION_SIZE, INCEPTION_SIZE, 3), "bilinear", antialias=False
-            )
+            x = jax.image.resize(x, (x.shape[0], INCEPTION_SIZE, INCEPTION_SIZE, 3), "bilinear", antialias=False)
         cip = not self.fid_variant  # count_include_pad
         x = BasicConv2d(32, (3, 3), (2, 2), name="Conv2d_1a_3x3")(x)
         x = BasicConv2d(32, (3, 3), name="Conv2d_2a_3x3")(x)
@@ -295,7 +296,7 @@ def convert_torch_state_dict(state_dict: Mapping[str, Any]) -> dict[str, np.ndar
         elif layer == "bn" and leaf in ("weight", "bias"):
             out[f"params/{prefix}/{'scale' if leaf == 'weight' else 'bias'}"] = v
         elif layer == "bn" and leaf in ("running_mean", "running_var"):
-            out[f"batch_stats/{prefix}/{leaf[len('running_'):]}"] = v
+            out[f"batch_stats/{prefix}/{leaf[len('running_') :]}"] = v
         elif leaf == "num_batches_tracked":
             continue
         else:
@@ -303,7 +304,7 @@ def convert_torch_state_dict(state_dict: Mapping[str, Any]) -> dict[str, np.ndar
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jitted_inception(resize_input: bool, fid_variant: bool):
     model = InceptionV3(fid_variant=fid_variant, resize_input=resize_input)
     return jax.jit(model.apply)

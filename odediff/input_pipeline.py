@@ -12,7 +12,7 @@ say another number of workers, is not needed: the iterator starts afresh at the 
 import dataclasses
 import functools
 import logging
-from typing import Iterator
+from collections.abc import Iterator
 
 import grain
 import jax
@@ -41,8 +41,16 @@ class _MakeBatch:
 
     def __call__(self, step: int):
         # Looked up at call time, so that a patched data.get_batch is the one used.
-        return data.get_batch(self.source, self.data_config, self.batch_size, self.seed, int(step),
-                              self.process_index, self.process_count, with_labels=self.with_labels)
+        return data.get_batch(
+            self.source,
+            self.data_config,
+            self.batch_size,
+            self.seed,
+            int(step),
+            self.process_index,
+            self.process_count,
+            with_labels=self.with_labels,
+        )
 
 
 def _to_global(mesh: Mesh, local):
@@ -70,18 +78,27 @@ class BatchIterator:
         with_labels: bool = False,
         state: dict | None = None,
     ):
-        make = _MakeBatch(source, data_config, batch_size, seed, jax.process_index(), jax.process_count(),
-                          with_labels)
+        make = _MakeBatch(source, data_config, batch_size, seed, jax.process_index(), jax.process_count(), with_labels)
         prefetch, num_workers = int(data_config.prefetch), int(data_config.num_workers)
-        self._layout = {"num_workers": num_workers, "seed": seed, "batch_size": batch_size,
-                        "process_index": jax.process_index(), "process_count": jax.process_count()}
+        self._layout = {
+            "num_workers": num_workers,
+            "seed": seed,
+            "batch_size": batch_size,
+            "process_index": jax.process_index(),
+            "process_count": jax.process_count(),
+        }
         self._make, self._mesh, self.step = make, mesh, start
         self._base, self._it = start, None
         if prefetch == 0 and num_workers == 0:
             return  # each batch made in the loop when asked for
         if state is not None and not self._fits(state, start):
-            log.info("the data iterator saved at step %s was laid out otherwise (%s); it starts afresh at "
-                     "step %d, which reads the same batches", state.get("step"), state.get("layout"), start)
+            log.info(
+                "the data iterator saved at step %s was laid out otherwise (%s); it starts afresh at "
+                "step %d, which reads the same batches",
+                state.get("step"),
+                state.get("layout"),
+                start,
+            )
             state = None
         base = start if state is None else state["base"]
         # Endless, so that training.num_steps may grow on resume.

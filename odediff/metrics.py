@@ -59,9 +59,7 @@ def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
     return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
 
 
-def _trace_sqrt_product(
-    sigma1: np.ndarray, sigma2: np.ndarray, method: str, eps: float
-) -> float:
+def _trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray, method: str, eps: float) -> float:
     """tr(sqrtm(sigma1 @ sigma2)) for PSD sigma1, sigma2."""
     if method == "eigh":
         # sqrtm(S1 S2) is similar to sqrtm(S1^1/2 S2 S1^1/2), which is symmetric
@@ -116,9 +114,7 @@ def frechet_distance_from_stats(
     if mu1.shape != (d,) or mu2.shape != (d,):
         raise ValueError(f"mean shapes differ or are not 1-D: {mu1.shape}, {mu2.shape}")
     if sigma1.shape != (d, d) or sigma2.shape != (d, d):
-        raise ValueError(
-            f"covariances must be ({d}, {d}), got {sigma1.shape}, {sigma2.shape}"
-        )
+        raise ValueError(f"covariances must be ({d}, {d}), got {sigma1.shape}, {sigma2.shape}")
     diff = mu1 - mu2
     tr_covmean = _trace_sqrt_product(sigma1, sigma2, method, eps)
     fd = float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
@@ -148,7 +144,11 @@ def frechet_distance(
 
 
 def polynomial_kernel(
-    x: np.ndarray, y: np.ndarray, *, degree: int = 3, gamma: float | None = None,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    degree: int = 3,
+    gamma: float | None = None,
     coef0: float = 1.0,
 ) -> np.ndarray:
     """k(x, y) = (gamma x.y + coef0)^degree with gamma = 1/D by default."""
@@ -226,9 +226,7 @@ def _knn_radii_sq(x: np.ndarray, k: int, block: int) -> np.ndarray:
     return out
 
 
-def _fraction_in_manifold(
-    manifold: np.ndarray, radii_sq: np.ndarray, queries: np.ndarray, block: int
-) -> float:
+def _fraction_in_manifold(manifold: np.ndarray, radii_sq: np.ndarray, queries: np.ndarray, block: int) -> float:
     inside = np.zeros(queries.shape[0], dtype=bool)
     for s in range(0, queries.shape[0], block):
         d = _pairwise_sq_dists(queries[s : s + block], manifold)

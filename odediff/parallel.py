@@ -1,7 +1,7 @@
 """Data parallelism with jit + NamedSharding over all devices, multi-host through jax.distributed."""
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -67,9 +67,7 @@ def use_cpu_cores(batch_size: int) -> None:
 
 def make_mesh() -> Mesh:
     """A 1-D mesh over every device of every process, axis type Auto (diffrax needs it)."""
-    return jax.make_mesh(
-        (jax.device_count(),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,)
-    )
+    return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -12,7 +12,7 @@ deterministic samplers (DDIM eta=0, ODE, DPM-Solver++) start from the same x_T.
 
 import inspect
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import diffrax
 import jax
@@ -82,8 +82,17 @@ def _denoise_at(apply_fn, params, s, x, t, prediction, clip):
     return _denoise(apply_fn, params, x, t, jnp.sqrt(ab), jnp.sqrt(1.0 - ab), prediction, clip)
 
 
-def ancestral_step(apply_fn: ApplyFn, params, s: Schedule, x: jax.Array, t: jax.Array, t_prev: jax.Array,
-                   key: jax.Array, prediction: str = "eps", clip: bool = True) -> tuple[jax.Array, jax.Array]:
+def ancestral_step(
+    apply_fn: ApplyFn,
+    params,
+    s: Schedule,
+    x: jax.Array,
+    t: jax.Array,
+    t_prev: jax.Array,
+    key: jax.Array,
+    prediction: str = "eps",
+    clip: bool = True,
+) -> tuple[jax.Array, jax.Array]:
     """One DDPM step from step t to t_prev < t (t_prev = -1: the data): x_prev ~ q(x_prev | x_t,
     x0_hat), the betas between respaced steps recomputed from alpha_bar. Returns (x_prev, x0_hat)."""
     x0, _ = _denoise_at(apply_fn, params, s, x, t, prediction, clip)
@@ -93,8 +102,18 @@ def ancestral_step(apply_fn: ApplyFn, params, s: Schedule, x: jax.Array, t: jax.
     return mean + jnp.sqrt(var) * jax.random.normal(key, x.shape, x.dtype), x0
 
 
-def ddim_step(apply_fn: ApplyFn, params, s: Schedule, x: jax.Array, t: jax.Array, t_prev: jax.Array,
-              key: jax.Array, prediction: str = "eps", clip: bool = True, eta: float = 0.0) -> tuple[jax.Array, jax.Array]:
+def ddim_step(
+    apply_fn: ApplyFn,
+    params,
+    s: Schedule,
+    x: jax.Array,
+    t: jax.Array,
+    t_prev: jax.Array,
+    key: jax.Array,
+    prediction: str = "eps",
+    clip: bool = True,
+    eta: float = 0.0,
+) -> tuple[jax.Array, jax.Array]:
     """One DDIM step from step t to t_prev < t (Song et al. 2021; eta = 0 deterministic).
     Returns (x_prev, x0_hat)."""
     x0, eps = _denoise_at(apply_fn, params, s, x, t, prediction, clip)
@@ -259,9 +278,16 @@ def ode_sample(
         t_end, ls0, ls1, dt0 = ts[-1], ls[0], ls[-1], None
     z, _ = _noise(key, shape)
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(field), impl, jnp.exp(ls0), jnp.exp(ls1), dt0, z / _scales(ls0)[0],
-        stepsize_controller=controller, max_steps=steps,
-        saveat=diffrax.SaveAt(t1=True), throw=False,
+        diffrax.ODETerm(field),
+        impl,
+        jnp.exp(ls0),
+        jnp.exp(ls1),
+        dt0,
+        z / _scales(ls0)[0],
+        stepsize_controller=controller,
+        max_steps=steps,
+        saveat=diffrax.SaveAt(t1=True),
+        throw=False,
     )
     sa, sb = _scales(ls1)
     x0, _ = _denoise(apply_fn, params, sol.ys[-1] * sa, t_end, sa, sb, prediction, clip)

@@ -86,7 +86,9 @@ def log_sigmas(s: Schedule) -> jax.Array:
     return 0.5 * (jnp.log1p(-ab) - jnp.log(ab))
 
 
-def x0_eps(out: jax.Array, x_t: jax.Array, sa: jax.Array, sb: jax.Array, prediction: str) -> tuple[jax.Array, jax.Array]:
+def x0_eps(
+    out: jax.Array, x_t: jax.Array, sa: jax.Array, sb: jax.Array, prediction: str
+) -> tuple[jax.Array, jax.Array]:
     """(x0, eps) estimates from a denoiser output of the given prediction type for x_t at
     the noise level sa = sqrt(alpha_bar), sb = sqrt(1 - alpha_bar)."""
     if prediction == "eps":
@@ -123,9 +125,7 @@ def loss_at(
     return jnp.mean(jnp.square(out - target(s, x0, t, noise, prediction)))
 
 
-def diffusion_loss(
-    apply_fn, params, s: Schedule, x0: jax.Array, key: jax.Array, prediction: str = "eps"
-) -> jax.Array:
+def diffusion_loss(apply_fn, params, s: Schedule, x0: jax.Array, key: jax.Array, prediction: str = "eps") -> jax.Array:
     """The DDPM simple loss: mean squared error to the target at a uniformly drawn step."""
     t, noise = draw_steps_and_noise(s, x0, key)
     return loss_at(apply_fn, params, s, x0, t, noise, prediction)

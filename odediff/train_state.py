@@ -22,8 +22,9 @@ class TrainState:
     num_nonfinite: jax.Array
 
 
-def learning_rate_schedule(tc: ml_collections.ConfigDict, learning_rate: float | jax.Array | None = None
-                           ) -> optax.Schedule:
+def learning_rate_schedule(
+    tc: ml_collections.ConfigDict, learning_rate: float | jax.Array | None = None
+) -> optax.Schedule:
     """Linear warmup, then constant, cosine decay to zero at num_steps, or wsd (warmup-stable-
     decay): constant until the last decay_steps before num_steps, then linear to zero. The peak
     is `learning_rate` when given (it may be traced: one compiled step for a whole sweep), else
@@ -37,8 +38,10 @@ def learning_rate_schedule(tc: ml_collections.ConfigDict, learning_rate: float |
     elif tc.lr_schedule == "wsd":
         start = tc.num_steps - tc.decay_steps
         if not (0 < tc.decay_steps and tc.warmup_steps <= start):
-            raise ConfigError(f"training.decay_steps={tc.decay_steps} with lr_schedule=wsd must be positive and leave "
-                              f"the {tc.warmup_steps} warmup steps before the decay (num_steps={tc.num_steps})")
+            raise ConfigError(
+                f"training.decay_steps={tc.decay_steps} with lr_schedule=wsd must be positive and leave "
+                f"the {tc.warmup_steps} warmup steps before the decay (num_steps={tc.num_steps})"
+            )
         decay = optax.linear_schedule(peak, 0.0, tc.decay_steps)
         after = optax.join_schedules([optax.constant_schedule(peak), decay], [start - tc.warmup_steps])
     else:
@@ -46,8 +49,9 @@ def learning_rate_schedule(tc: ml_collections.ConfigDict, learning_rate: float |
     return optax.join_schedules([warmup, after], [tc.warmup_steps])
 
 
-def make_optimizer(tc: ml_collections.ConfigDict, learning_rate: float | jax.Array | None = None
-                   ) -> optax.GradientTransformation:
+def make_optimizer(
+    tc: ml_collections.ConfigDict, learning_rate: float | jax.Array | None = None
+) -> optax.GradientTransformation:
     """Adam or AdamW with global-norm clipping, its rate `learning_rate_schedule(tc, learning_rate)`.
     The optimizer state's structure does not depend on the rate."""
     lr = learning_rate_schedule(tc, learning_rate)

@@ -10,16 +10,17 @@ import json
 import logging
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-from jax.experimental import multihost_utils
-from jax.sharding import Mesh
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
 
 from odediff import data, images, parallel
 from odediff.checkpoint import FORMAT_VERSION, Checkpointer
@@ -28,8 +29,13 @@ from odediff.generation import class_labels, make_sample_fn
 from odediff.input_pipeline import BatchIterator
 from odediff.models import build_denoiser
 from odediff.schedule import Schedule, draw_steps_and_noise, loss_at, make_schedule
-from odediff.train_state import (TrainState, abstract_train_state, create_train_state, learning_rate_schedule,
-                                 make_optimizer)
+from odediff.train_state import (
+    TrainState,
+    abstract_train_state,
+    create_train_state,
+    learning_rate_schedule,
+    make_optimizer,
+)
 
 log = logging.getLogger(__name__)
 Batch = jax.Array | tuple[jax.Array, jax.Array]  # images, or (images, labels)
@@ -48,9 +54,18 @@ def ema_decay(decay: float, step: jax.Array) -> jax.Array:
 
 
 def train_step(
-    apply_fn: Callable, tx: optax.GradientTransformation, schedule: Schedule, state: TrainState, batch: jax.Array,
-    key: jax.Array, *, labels: jax.Array | None = None, prediction: str = "eps", ema: float = 0.999,
-    stop_on_nonfinite: bool = True, accum_steps: int = 1,
+    apply_fn: Callable,
+    tx: optax.GradientTransformation,
+    schedule: Schedule,
+    state: TrainState,
+    batch: jax.Array,
+    key: jax.Array,
+    *,
+    labels: jax.Array | None = None,
+    prediction: str = "eps",
+    ema: float = 0.999,
+    stop_on_nonfinite: bool = True,
+    accum_steps: int = 1,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One update of `state` on a batch of images in [-1, 1], usable from any JAX code.
 
@@ -104,8 +119,13 @@ def train_step(
     return new_state, {"loss": loss, "grad_norm": grad_norm}
 
 
-def make_train_step(model, tx: optax.GradientTransformation, schedule: Schedule, config: ml_collections.ConfigDict,
-                    seed: int | jax.Array | None = None):
+def make_train_step(
+    model,
+    tx: optax.GradientTransformation,
+    schedule: Schedule,
+    config: ml_collections.ConfigDict,
+    seed: int | jax.Array | None = None,
+):
     """`(state, batch) -> (state, metrics)`: `train_step` with the model and settings of a
     config, its key a function of (seed, state.step), seed config.seed unless given (it may be
     traced). A class-conditional model
@@ -126,16 +146,27 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: Schedule,
     def step_fn(state: TrainState, batch):
         images, labels = batch if isinstance(batch, (tuple, list)) else (batch, None)
         if (labels is None) != (not num_classes):
-            raise ValueError(f"model.num_classes={num_classes}: the batch must be "
-                             f"{'(images, labels)' if num_classes else 'images alone'}")
+            raise ValueError(
+                f"model.num_classes={num_classes}: the batch must be "
+                f"{'(images, labels)' if num_classes else 'images alone'}"
+            )
         key = jax.random.fold_in(jax.random.split(jax.random.key(run_seed))[1], state.step)
         if labels is not None:
             drop = jax.random.bernoulli(jax.random.fold_in(key, 1), config.training.cond_drop_prob, labels.shape)
             labels = jnp.where(drop, num_classes, labels)
-        return train_step(apply, tx, schedule, state, images, key, labels=labels,
-                          prediction=config.diffusion.prediction,
-                          ema=config.training.ema_decay, stop_on_nonfinite=config.training.nonfinite == "stop",
-                          accum_steps=config.training.grad_accum_steps)
+        return train_step(
+            apply,
+            tx,
+            schedule,
+            state,
+            images,
+            key,
+            labels=labels,
+            prediction=config.diffusion.prediction,
+            ema=config.training.ema_decay,
+            stop_on_nonfinite=config.training.nonfinite == "stop",
+            accum_steps=config.training.grad_accum_steps,
+        )
 
     return step_fn
 
@@ -199,8 +230,12 @@ class _Writer:
 
 def checkpoint_meta(config: ml_collections.ConfigDict, step: int) -> dict:
     """The JSON record saved beside each checkpoint (restore_run reads the config from it)."""
-    return {"step": step, "seed": config.seed, "format_version": FORMAT_VERSION,
-            "config": json.loads(config_to_json(config))}
+    return {
+        "step": step,
+        "seed": config.seed,
+        "format_version": FORMAT_VERSION,
+        "config": json.loads(config_to_json(config)),
+    }
 
 
 def check_labels_available(config: ml_collections.ConfigDict, source: data.ImageSource) -> bool:
@@ -209,12 +244,16 @@ def check_labels_available(config: ml_collections.ConfigDict, source: data.Image
     if not k:
         return False
     if not source.has_labels:
-        raise ConfigError(f"model.num_classes={k} needs labels, but data.source={config.data.source} has none: "
-                          f"use a labelled source (digits, idx: with label files, tfds:, npz: with 'labels') "
-                          f"or model.num_classes=0")
+        raise ConfigError(
+            f"model.num_classes={k} needs labels, but data.source={config.data.source} has none: "
+            f"use a labelled source (digits, idx: with label files, tfds:, npz: with 'labels') "
+            f"or model.num_classes=0"
+        )
     if source.num_classes is not None and source.num_classes > k:
-        raise ConfigError(f"data.source={config.data.source} has labels up to {source.num_classes - 1}, more than "
-                          f"model.num_classes={k}: set --config.model.num_classes={source.num_classes}")
+        raise ConfigError(
+            f"data.source={config.data.source} has labels up to {source.num_classes - 1}, more than "
+            f"model.num_classes={k}: set --config.model.num_classes={source.num_classes}"
+        )
     return True
 
 
@@ -223,12 +262,15 @@ class ConfigMismatch(ConfigError):
 
     def __init__(self, workdir: Path, differences: list[str]):
         self.workdir, self.differences = workdir, differences
-        super().__init__(f"{workdir} holds a run with a different config ({', '.join(differences)}): use another "
-                         f"--workdir, or pass --allow_config_change to continue this run with the new values")
+        super().__init__(
+            f"{workdir} holds a run with a different config ({', '.join(differences)}): use another "
+            f"--workdir, or pass --allow_config_change to continue this run with the new values"
+        )
 
 
-def check_workdir_config(workdir: str | Path, config: ml_collections.ConfigDict,
-                         allow_config_change: bool = False) -> None:
+def check_workdir_config(
+    workdir: str | Path, config: ml_collections.ConfigDict, allow_config_change: bool = False
+) -> None:
     """Refuses to mix runs: ConfigMismatch where the workdir's config.json differs from `config`
     (unless `allow_config_change`), ConfigError where a decaying schedule would change its length."""
     path = Path(workdir) / "config.json"
@@ -273,9 +315,12 @@ def _programs(config: ml_collections.ConfigDict, mesh: Mesh, shared: dict) -> _P
             return make_train_step(model, make_optimizer(config.training, lr), schedule, config, seed)(state, batch)
 
         shared[key] = _Programs(
-            model, tx, schedule,
+            model,
+            tx,
+            schedule,
             init=jax.jit(lambda k: create_train_state(model, tx, config, k), out_shardings=rep),
-            step=jax.jit(step, out_shardings=(rep, rep), donate_argnums=0))
+            step=jax.jit(step, out_shardings=(rep, rep), donate_argnums=0),
+        )
     return shared[key]
 
 
@@ -287,8 +332,16 @@ class TrainingRun:
     The step takes the learning rate and the seed as arguments, so runs whose configs differ
     in nothing else share one compilation when given the same `shared` dict."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path, mesh: Mesh, *,
-                 keep: int | None = None, allow_config_change: bool = False, shared: dict | None = None):
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        workdir: str | Path,
+        mesh: Mesh,
+        *,
+        keep: int | None = None,
+        allow_config_change: bool = False,
+        shared: dict | None = None,
+    ):
         self.config, self.workdir, self.mesh = config, Path(workdir), mesh
         check_workdir_config(self.workdir, config, allow_config_change)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -306,7 +359,8 @@ class TrainingRun:
             self.step, self.state, self.meta = restored
         self._hyper = jax.device_put((np.float32(config.training.learning_rate), np.int32(config.seed)), rep)
         self._step = parallel.one_step_at_a_time(
-            lambda state, batch: self._programs.compiled(state, batch, *self._hyper), mesh)
+            lambda state, batch: self._programs.compiled(state, batch, *self._hyper), mesh
+        )
 
     def compile(self, batch: Batch) -> None:
         """Compiles the step for batches like `batch`, unless a run sharing it has."""
@@ -339,15 +393,18 @@ class TrainingRun:
 
     def save(self, meta: dict | None = None) -> None:
         """Checkpoints the state at the current step, its record `checkpoint_meta` and `meta`."""
-        self.checkpointer.save(self.step, self.state, {**checkpoint_meta(self.config, self.step), **(meta or {})},
-                               force=True)
+        self.checkpointer.save(
+            self.step, self.state, {**checkpoint_meta(self.config, self.step), **(meta or {})}, force=True
+        )
 
     def close(self) -> None:
         """Finishes the saves in flight."""
         self.checkpointer.close()
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *, allow_config_change: bool = False) -> TrainState:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str | Path, *, allow_config_change: bool = False
+) -> TrainState:
     """Trains (resuming from the newest intact checkpoint in workdir) and writes logs,
     sample grids, checkpoints and a loss curve there. Returns the final state."""
     workdir = Path(workdir)
@@ -370,8 +427,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     from tqdm import tqdm
 
     bar = tqdm(total=tc.num_steps, initial=start, disable=not is_main, unit="step", dynamic_ncols=True)
-    batches = BatchIterator(source, config.data, tc.batch_size, config.seed, mesh, start=start,
-                            with_labels=conditional, state=run.meta.get("data_iterator"))
+    batches = BatchIterator(
+        source,
+        config.data,
+        tc.batch_size,
+        config.seed,
+        mesh,
+        start=start,
+        with_labels=conditional,
+        state=run.meta.get("data_iterator"),
+    )
     # Closing also on errors finishes the saves in flight, so no good step is lost.
     with _StopFlag() as stop, bar, contextlib.closing(run), contextlib.closing(writer), batches:
         while run.step < tc.num_steps:
@@ -401,8 +466,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     if is_main:
         _plot_loss(workdir)
     if stop.signum:
-        print(f"stopped by {signal.Signals(stop.signum).name} at step {run.step}: checkpoint saved in "
-              f"{run.checkpointer.directory}; run the same command to resume", flush=True)
+        print(
+            f"stopped by {signal.Signals(stop.signum).name} at step {run.step}: checkpoint saved in "
+            f"{run.checkpointer.directory}; run the same command to resume",
+            flush=True,
+        )
     return run.state
 
 
@@ -414,12 +482,12 @@ def _check_nonfinite(state: TrainState, tc) -> None:
             f"kept (set --config.training.nonfinite=skip to skip such steps instead)"
         )
     if first >= 0:
-        log.warning("%d non-finite steps skipped so far (first at step %d)",
-                    int(parallel.to_host(state.num_nonfinite)), first)
+        log.warning(
+            "%d non-finite steps skipped so far (first at step %d)", int(parallel.to_host(state.num_nonfinite)), first
+        )
 
 
 def _plot_loss(workdir: Path) -> None:
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line]
     if records:
-        images.save_curves({"loss": ([r["step"] for r in records], [r["loss"] for r in records])},
-                           workdir / "loss.png")
+        images.save_curves({"loss": ([r["step"] for r in records], [r["loss"] for r in records])}, workdir / "loss.png")

@@ -26,11 +26,13 @@ def _compilation_cache(tmp_path_factory):
     root = tmp_path_factory.getbasetemp()
     cache = (root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / "jax_cache"
     cache.mkdir(exist_ok=True)
-    settings = {"jax_compilation_cache_dir": str(cache), "jax_persistent_cache_min_compile_time_secs": 0,
-                "jax_persistent_cache_min_entry_size_bytes": 0}
+    settings = {
+        "jax_compilation_cache_dir": str(cache),
+        "jax_persistent_cache_min_compile_time_secs": 0,
+        "jax_persistent_cache_min_entry_size_bytes": 0,
+    }
     with pytest.MonkeyPatch.context() as mp:
         for name, value in settings.items():
             mp.setenv(name.upper(), str(value))
             jax.config.update(name, value)
         yield
-

@@ -12,11 +12,20 @@ from jax.flatten_util import ravel_pytree
 REPO = Path(__file__).resolve().parents[1]
 
 TINY = [
-    "--config.model.cunet.nf=4", "--config.model.cunet.ch_mult=(1,)", "--config.model.cunet.time_embed_dim=8",
-    "--config.model.unet.ch=16", "--config.model.unet.ch_mult=(1,)", "--config.model.unet.num_res_blocks=1",
-    "--config.data.image_size=8", "--config.training.batch_size=8", "--config.training.log_every=2",
-    "--config.training.sample_every=1000", "--config.training.checkpoint_every=2",
-    "--config.sampling.num_samples=4", "--config.sampling.steps=3", "--config.diffusion.num_timesteps=50",
+    "--config.model.cunet.nf=4",
+    "--config.model.cunet.ch_mult=(1,)",
+    "--config.model.cunet.time_embed_dim=8",
+    "--config.model.unet.ch=16",
+    "--config.model.unet.ch_mult=(1,)",
+    "--config.model.unet.num_res_blocks=1",
+    "--config.data.image_size=8",
+    "--config.training.batch_size=8",
+    "--config.training.log_every=2",
+    "--config.training.sample_every=1000",
+    "--config.training.checkpoint_every=2",
+    "--config.sampling.num_samples=4",
+    "--config.sampling.steps=3",
+    "--config.diffusion.num_timesteps=50",
 ]
 
 
@@ -42,14 +51,24 @@ def tiny_config(name: str = "cunet", config_file: str = "digits.py"):
 def subprocess_env(devices: int = 4, **extra: str) -> dict:
     """This process's environment for a child on `devices` fake CPU devices, other XLA flags kept."""
     flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", os.environ.get("XLA_FLAGS", ""))
-    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} {flags}".strip(),
-            "JAX_PLATFORMS": "cpu", **extra}
+    return {
+        **os.environ,
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} {flags}".strip(),
+        "JAX_PLATFORMS": "cpu",
+        **extra,
+    }
 
 
 def run(script: str, *args: str, devices: int = 4, timeout: int = 300) -> subprocess.CompletedProcess:
     """Runs train.py / sample.py as a user would, on `devices` fake CPU devices."""
-    return subprocess.run([sys.executable, str(REPO / script), *args], cwd=REPO, env=subprocess_env(devices),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(REPO / script), *args],
+        cwd=REPO,
+        env=subprocess_env(devices),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def perturbed(params, key, scale: float = 0.3):

@@ -25,6 +25,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     whole = config.args_source is pytest.Config.ArgsSource.TESTPATHS
     elapsed, budget = time.monotonic() - config.stash[_START], budget_seconds()
     if whole and not config.option.keyword and not config.option.markexpr and elapsed > budget:
-        print(f"\nthe whole suite took {elapsed:.0f} s, over its budget of {budget:.0f} s "
-              f"(ODEDIFF_SUITE_BUDGET_S): make the slowest tests (--durations=25) cheaper", file=sys.stderr)
+        print(
+            f"\nthe whole suite took {elapsed:.0f} s, over its budget of {budget:.0f} s "
+            f"(ODEDIFF_SUITE_BUDGET_S): make the slowest tests (--durations=25) cheaper",
+            file=sys.stderr,
+        )
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -11,8 +11,15 @@ from benchmarks import denoise, nfe_sweep, paper_table
 
 def test_the_nfe_sweep_runs_every_sampler_at_each_nfe_and_the_ancestral_reference_only_when_asked():
     pts = [(name, steps) for name, steps, _ in nfe_sweep.points([10, 50])]
-    assert pts == [("ddim", 10), ("dpmpp2m", 10), ("ode", 5), ("ddim", 50), ("dpmpp2m", 50), ("ode", 25),
-                   ("ancestral", 1000)]
+    assert pts == [
+        ("ddim", 10),
+        ("dpmpp2m", 10),
+        ("ode", 5),
+        ("ddim", 50),
+        ("dpmpp2m", 50),
+        ("ode", 25),
+        ("ancestral", 1000),
+    ]
     assert [name for name, _, _ in nfe_sweep.points([10], ancestral_steps=0)] == ["ddim", "dpmpp2m", "ode"]
     assert nfe_sweep.points([10], ancestral_steps=250)[-1][:2] == ("ancestral", 250)
 

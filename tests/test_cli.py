@@ -67,38 +67,65 @@ def test_config_names_resolve_to_the_shipped_configs_from_any_directory(tmp_path
     assert {"digits.py", "mnist.py", "cifar10.py", "celeba64.py"} <= set(shipped)
     for arg in ("--config=mnist", "--config=configs/mnist.py", "--config=mnist.py"):
         assert cli.resolve_config_arg(["train.py", arg]) == ["train.py", f"--config={shipped['mnist.py']}"]
-    assert cli.resolve_config_arg(["train.py", "--config", "digits"]) == ["train.py", "--config", str(shipped["digits.py"])]
+    assert cli.resolve_config_arg(["train.py", "--config", "digits"]) == [
+        "train.py",
+        "--config",
+        str(shipped["digits.py"]),
+    ]
     own = tmp_path / "mine.py"
     own.write_text("")
     assert cli.resolve_config_arg(["train.py", f"--config={own}"]) == ["train.py", f"--config={own}"]
     with pytest.raises(SystemExit) as e:
         cli.resolve_config_arg(["train.py", "--config=nope"])
     assert e.value.code == 2
-    assert "config file nope does not exist: pass a path to one, or one of configs/celeba64.py" in capsys.readouterr().err
+    assert (
+        "config file nope does not exist: pass a path to one, or one of configs/celeba64.py" in capsys.readouterr().err
+    )
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--config.training.num_steps=400", "--config.sampling.num_steps=5"],
-     "unknown field 'num_steps' in --config.sampling.num_steps: sampling.num_steps was renamed sampling.steps "
-     "(pass --config.sampling.steps=5)"),
-    (["--sampling.num_steps=5"],
-     "unknown field 'num_steps' in --sampling.num_steps: sampling.num_steps was renamed sampling.steps "
-     "(pass --sampling.steps=5)"),
-    (["--config.model.ch_mult=(1,2)"],
-     "unknown field 'ch_mult' in --config.model.ch_mult: model.ch_mult was renamed model.cunet.ch_mult or "
-     "model.unet.ch_mult (pass --config.model.cunet.ch_mult=(1,2) or --config.model.unet.ch_mult=(1,2))"),
-    (["--config.training.batch_sise=8"],
-     "unknown field 'batch_sise' in --config.training.batch_sise: did you mean --config.training.batch_size?"),
-    (["--config.trainin.batch_size=8"],
-     "unknown field 'trainin' in --config.trainin.batch_size: did you mean --config.training.batch_size?"),
-    (["--config.training.solver=rk4"],
-     "unknown field 'solver' in --config.training.solver: did you mean --config.model.cunet.solver or "
-     "--config.sampling.solver?"),
-    (["--config.data.zzz=1"], "unknown field 'zzz' in --config.data.zzz: the fields of data are channels, data_dir, "
-                              "holdout_fraction, image_size, num_workers, prefetch, random_flip, source"),
-    (["--config.training.batch_size.x=1"], "unknown field 'x' in --config.training.batch_size.x: training.batch_size "
-                                           "is a value, not a group of fields (pass --config.training.batch_size=1)"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (
+            ["--config.training.num_steps=400", "--config.sampling.num_steps=5"],
+            "unknown field 'num_steps' in --config.sampling.num_steps: sampling.num_steps was renamed sampling.steps "
+            "(pass --config.sampling.steps=5)",
+        ),
+        (
+            ["--sampling.num_steps=5"],
+            "unknown field 'num_steps' in --sampling.num_steps: sampling.num_steps was renamed sampling.steps "
+            "(pass --sampling.steps=5)",
+        ),
+        (
+            ["--config.model.ch_mult=(1,2)"],
+            "unknown field 'ch_mult' in --config.model.ch_mult: model.ch_mult was renamed model.cunet.ch_mult or "
+            "model.unet.ch_mult (pass --config.model.cunet.ch_mult=(1,2) or --config.model.unet.ch_mult=(1,2))",
+        ),
+        (
+            ["--config.training.batch_sise=8"],
+            "unknown field 'batch_sise' in --config.training.batch_sise: did you mean --config.training.batch_size?",
+        ),
+        (
+            ["--config.trainin.batch_size=8"],
+            "unknown field 'trainin' in --config.trainin.batch_size: did you mean --config.training.batch_size?",
+        ),
+        (
+            ["--config.training.solver=rk4"],
+            "unknown field 'solver' in --config.training.solver: did you mean --config.model.cunet.solver or "
+            "--config.sampling.solver?",
+        ),
+        (
+            ["--config.data.zzz=1"],
+            "unknown field 'zzz' in --config.data.zzz: the fields of data are channels, data_dir, "
+            "holdout_fraction, image_size, num_workers, prefetch, random_flip, source",
+        ),
+        (
+            ["--config.training.batch_size.x=1"],
+            "unknown field 'x' in --config.training.batch_size.x: training.batch_size "
+            "is a value, not a group of fields (pass --config.training.batch_size=1)",
+        ),
+    ],
+)
 def test_an_unknown_config_field_names_its_own_flag_and_what_to_pass(argv, message):
     key = message.split("'")[1]
     refused = AttributeError(KeyError(f"'{key}'"))  # as ml_collections raises it
@@ -135,8 +162,18 @@ def test_conditional_run_samples_by_class_with_every_sampler_option_from_the_com
     train_and_evaluate(config, wd)
     # without --labels (sampling.guidance is 2 in this config), the classes in turn
     out = tmp_path / "s" / "by_class"
-    proc = _ok(run("sample.py", f"--workdir={wd}", "--num=12", "--guidance=2", "--sampling.sampler=ode",
-                   "--sampling.solver=heun", "--sampling.steps=20", f"--out={out}"))
+    proc = _ok(
+        run(
+            "sample.py",
+            f"--workdir={wd}",
+            "--num=12",
+            "--guidance=2",
+            "--sampling.sampler=ode",
+            "--sampling.solver=heun",
+            "--sampling.steps=20",
+            f"--out={out}",
+        )
+    )
     assert "ode steps=20 solver=heun" in proc.stdout and "guidance=2" in proc.stdout
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["sampling"]["solver"] == "heun" and record["sampling"]["steps"] == 20
@@ -146,7 +183,9 @@ def test_conditional_run_samples_by_class_with_every_sampler_option_from_the_com
 
     # bad sampling input: one line and exit 2 from the command line, each check in-process below
     proc = run("sample.py", f"--workdir={wd}", "--num=2", "--steps=3", "--sampling.steps=4")
-    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "disagree" in proc.stderr, proc.stderr
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "disagree" in proc.stderr, (
+        proc.stderr
+    )
 
 
 def test_bad_sampling_input_is_a_config_error_naming_it():

@@ -41,10 +41,16 @@ def test_sampler_choices_are_the_sampler_table(monkeypatch):
     s.update(sampler="solving", spacing="time_uniform", steps=0, solver="tsit5")
     check_sampling(s)  # a sampler taking a solver may solve adaptively
     s.update(sampler="discrete", spacing="", steps=0)
-    with pytest.raises(ConfigError, match=r"sampling.steps=0 must be a positive integer \(0, adaptive, only with "
-                                          r"sampling.sampler=ode or solving\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"sampling.steps=0 must be a positive integer \(0, adaptive, only with "
+        r"sampling.sampler=ode or solving\)",
+    ):
         check_sampling(s)
     s.update(sampler="ddim", steps=3)
-    with pytest.raises(ConfigError, match=r"sampling.sampler='ddim' is not one of \('ancestral', 'ode', 'dpmpp2m', "
-                                          r"'discrete', 'solving'\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"sampling.sampler='ddim' is not one of \('ancestral', 'ode', 'dpmpp2m', "
+        r"'discrete', 'solving'\)",
+    ):
         check_sampling(s)

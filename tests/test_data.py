@@ -127,7 +127,7 @@ def test_batch_indices_cross_epoch_boundary():
     n, bs = 7, 3
     stream = np.concatenate([data.batch_indices(n, bs, seed=0, step=s) for s in range(7)])  # 21 = 3 epochs
     for e in range(3):
-        assert sorted(stream[e * n:(e + 1) * n]) == list(range(n))
+        assert sorted(stream[e * n : (e + 1) * n]) == list(range(n))
     straddling = data.batch_indices(n, bs, seed=0, step=2)  # positions 6, 7, 8
     np.testing.assert_array_equal(straddling, stream[6:9])
     big = data.batch_indices(n, 16, seed=0, step=0)  # one batch over 3 epochs

@@ -18,8 +18,10 @@ README = REPO / "README.md"
 PAGE = REPO / "docs" / "results.md"
 README_LIMIT = 12_000  # characters (bytes: the README is UTF-8)
 
-CLAIM = ("The paper claims that its continuous U-Net needs about a quarter of a DDPM U-Net's "
-         "parameters and 30% of its FLOPs, converges faster and is more robust to noise.")
+CLAIM = (
+    "The paper claims that its continuous U-Net needs about a quarter of a DDPM U-Net's "
+    "parameters and 30% of its FLOPs, converges faster and is more robust to noise."
+)
 CPU_RUNS = ["mnist_compare", "mnist_long", "mnist_long12k", "mnist_long12k_rk4"]
 GPU_RUNS = ["gpu", "gpu_h200"]
 
@@ -58,7 +60,9 @@ def page() -> str:
 
 def test_the_readme_stays_short():
     size = len(README.read_bytes())
-    assert size <= README_LIMIT, f"README.md has {size} characters, more than {README_LIMIT}: move detail to docs/results.md"
+    assert size <= README_LIMIT, (
+        f"README.md has {size} characters, more than {README_LIMIT}: move detail to docs/results.md"
+    )
 
 
 def test_the_readme_and_results_page_state_the_papers_claim_alike(readme, page):
@@ -169,14 +173,19 @@ def test_the_main_comparison_at_equal_steps_and_equal_seconds(readme, page):
     for name in ("cunet_rk4", "cunet_heun"):
         m = models[name]
         assert m["reach_unet_final_fd"] == [None, None]  # "no cU-Net run reaches the U-Net's final mean FD"
-        per_seed = [e["fd"] for seed in (0, 1)
-                    for e in record["runs"][f"{name}_lr{m['lr']}_s{seed}"]["evals"] if e["step"] == m["equal_seconds_step"]]
+        per_seed = [
+            e["fd"]
+            for seed in (0, 1)
+            for e in record["runs"][f"{name}_lr{m['lr']}_s{seed}"]["evals"]
+            if e["step"] == m["equal_seconds_step"]
+        ]
         quotes += [
             f"{m['step_seconds']:.2f} s ({m['step_seconds'] / unet_step:.2f}x)",
             f"{m['train_seconds_steps']:,.0f} s",
             "{:.1f} ({:.1f} and {:.1f}".format(m["unet_fd_at_equal_seconds_mean"], *m["unet_fd_at_equal_seconds"]),
-            "{:.1f} (seeds {:.1f}, {:.1f}) at step {:,}".format(m["fd_at_equal_seconds_step_mean"], *per_seed,
-                                                                   m["equal_seconds_step"]),
+            "{:.1f} (seeds {:.1f}, {:.1f}) at step {:,}".format(
+                m["fd_at_equal_seconds_step_mean"], *per_seed, m["equal_seconds_step"]
+            ),
             f"{m['fd_ratio_to_unet']:.2f}",
         ]
     assert _missing(page, quotes) == []
@@ -197,15 +206,24 @@ def test_the_main_comparison_at_equal_steps_and_equal_seconds(readme, page):
 def test_the_long_schedules_own_step_time_and_their_borrowed_ones(run, page):
     record = _json(f"{run}/train_compare.json")
     main = _json("mnist_compare/train_compare.json")["summary"]["models"]
-    (name, m), = record["summary"]["models"].items()
+    ((name, m),) = record["summary"]["models"].items()
     assert "unet" not in record["step_seconds"]  # timed alone: no ratio to the U-Net of its own
     assert f"{m['step_seconds'] * 1000:.0f} ms" in page  # its own time, quoted as its own
     steps = record["summary"]["step"]
     borrowed = main[name]["step_seconds"] * steps  # the main comparison's side-by-side step time
     unet_seconds = main["unet"]["step_seconds"] * _json("mnist_compare/train_compare.json")["summary"]["step"]
-    assert _missing(page, [f"{steps:,} {'Heun' if name == 'cunet_heun' else 'RK4'} steps are {borrowed:,.0f} s",
-                           f"{borrowed / unet_seconds:.2f}x the U-Net's", f"({unet_seconds:,.0f} s)",
-                           "borrow the main comparison's side-by-side step times"]) == []
+    assert (
+        _missing(
+            page,
+            [
+                f"{steps:,} {'Heun' if name == 'cunet_heun' else 'RK4'} steps are {borrowed:,.0f} s",
+                f"{borrowed / unet_seconds:.2f}x the U-Net's",
+                f"({unet_seconds:,.0f} s)",
+                "borrow the main comparison's side-by-side step times",
+            ],
+        )
+        == []
+    )
 
 
 @pytest.mark.parametrize("run", CPU_RUNS + GPU_RUNS)
@@ -258,15 +276,30 @@ def test_the_papers_table_on_the_cpu(readme, page):
         f"| training step, batch 16 (ms) | {c['train_step_batch16_s'] * 1e3:.1f} | {u['train_step_batch16_s'] * 1e3:.1f} | {r['train_step_batch16_s']:.3f} |",
         f"| training step GFLOP, batch 16 | {c['train_step_gflop']:.1f} | {u['train_step_gflop']:.1f} | {r['train_step_gflop']:.3f} |",
         "| training step memory, batch 16 (MiB, XLA) | {:.0f} | {:.0f} | {:.3f} |".format(
-            c["train_step_peak_bytes_xla_batch16"] / 2**20, u["train_step_peak_bytes_xla_batch16"] / 2**20,
-            r["train_step_peak_bytes_xla_batch16"]),
+            c["train_step_peak_bytes_xla_batch16"] / 2**20,
+            u["train_step_peak_bytes_xla_batch16"] / 2**20,
+            r["train_step_peak_bytes_xla_batch16"],
+        ),
     ]
     for s in t["solvers"]:
-        rows.append(f"| {s['solver']} x{s['ode_steps']} | {s['evaluations_per_block']} | {s['gflop_per_image']:.2f} | "
-                    f"{s['flops_ratio_to_unet']:.3f} | {s['forward_batch16_s'] * 1e3:.1f} |")
+        rows.append(
+            f"| {s['solver']} x{s['ode_steps']} | {s['evaluations_per_block']} | {s['gflop_per_image']:.2f} | "
+            f"{s['flops_ratio_to_unet']:.3f} | {s['forward_batch16_s'] * 1e3:.1f} |"
+        )
     assert _missing(page, rows + ["8,787,011", "older defaults"]) == []
-    assert _missing(readme, [f"{r['params']:.3f}", f"{r['gflop_per_image']:.3f}", f"{r['forward_batch16_s']:.3f}",
-                             f"{u['params']:,}", "older defaults"]) == []
+    assert (
+        _missing(
+            readme,
+            [
+                f"{r['params']:.3f}",
+                f"{r['gflop_per_image']:.3f}",
+                f"{r['forward_batch16_s']:.3f}",
+                f"{u['params']:,}",
+                "older defaults",
+            ],
+        )
+        == []
+    )
 
 
 def test_the_papers_table_at_batch_1_2_on_one_h200(readme, page):
@@ -285,18 +318,30 @@ def test_the_papers_table_at_batch_1_2_on_one_h200(readme, page):
         "one H200",
     ]
     assert _missing(page, quotes) == []
-    assert _missing(readme, [f"{c['params']:,}", f"{r['forward_batch1_s']:.2f}x (batch 1)",
-                             f"{r['forward_batch2_s']:.2f}x (batch 2)", "one H200"]) == []
+    assert (
+        _missing(
+            readme,
+            [
+                f"{c['params']:,}",
+                f"{r['forward_batch1_s']:.2f}x (batch 1)",
+                f"{r['forward_batch2_s']:.2f}x (batch 2)",
+                "one H200",
+            ],
+        )
+        == []
+    )
 
 
 def test_op_counts(page):
     d = _json("op_counts.json")["settings"]
     big, small = d["celeba64"], d["mnist16"]
     quotes = [f"{big['cunet'][f]['ops']:,} ops against {big['unet'][f]['ops']:,}" for f in ("train_step",)]
-    quotes += [f"{big['cunet']['forward']['ops']} ops against {big['unet']['forward']['ops']}",
-               f"{small['cunet_heun']['forward']['ops']} ops against the U-Net's {small['unet']['forward']['ops']}",
-               f"{big['cunet']['gflop_per_image'] / big['unet']['gflop_per_image']:.3f}x the U-Net's FLOPs",
-               f"{small['cunet_heun']['gflop_per_image'] / small['unet']['gflop_per_image']:.2f}x its FLOPs"]
+    quotes += [
+        f"{big['cunet']['forward']['ops']} ops against {big['unet']['forward']['ops']}",
+        f"{small['cunet_heun']['forward']['ops']} ops against the U-Net's {small['unet']['forward']['ops']}",
+        f"{big['cunet']['gflop_per_image'] / big['unet']['gflop_per_image']:.3f}x the U-Net's FLOPs",
+        f"{small['cunet_heun']['gflop_per_image'] / small['unet']['gflop_per_image']:.2f}x its FLOPs",
+    ]
     assert not _missing(page, quotes)
 
 
@@ -304,8 +349,10 @@ def test_one_ode_block(page):
     t = _json("ode_block.json")
     rows, unrolled_fwd, unrolled_grad, diffeqsolve_grad = [], [], [], []
     for r in t["results"]:
-        rows.append(f"| {r['size']}x{r['size']}x{r['channels']} | {r['solver']} x1 | {r['mode']} | "
-                    f"{r['forward_ratio']:.2f} | {r['grad_ratio']:.2f} |")
+        rows.append(
+            f"| {r['size']}x{r['size']}x{r['channels']} | {r['solver']} x1 | {r['mode']} | "
+            f"{r['forward_ratio']:.2f} | {r['grad_ratio']:.2f} |"
+        )
         if r["mode"] == "unrolled":
             unrolled_fwd.append(r["forward_ratio"])
             unrolled_grad.append(r["grad_ratio"])
@@ -332,15 +379,20 @@ def test_guidance(readme, page):
     rows = {}
     for r in g["rows"]:
         rows.setdefault((r["model"], r["guidance"]), {})[r["seed"]] = r
-    quotes = [f"| real data (train vs held-out) | | | {g['floor_fd']:.2f} | {statistics.mean(g['class_floor_fd']):.2f} |"]
+    quotes = [
+        f"| real data (train vs held-out) | | | {g['floor_fd']:.2f} | {statistics.mean(g['class_floor_fd']):.2f} |"
+    ]
     for (model, w), seeds in rows.items():
         a, b = seeds[0], seeds[1]
         cells = [f"{(a['fd'] + b['fd']) / 2:.2f} ({a['fd']:.2f}, {b['fd']:.2f})"]
         if w is not None:
             acc = [a["class_accuracy"], b["class_accuracy"]]
             per_class = [statistics.mean(a["fd_per_class"]), statistics.mean(b["fd_per_class"])]
-            cells = [f"{_exact(sum(acc) / 2)} ({acc[0]:.3f}, {acc[1]:.3f})", str(a["nfe"])] + cells + [
-                f"{sum(per_class) / 2:.2f} ({per_class[0]:.2f}, {per_class[1]:.2f})"]
+            cells = (
+                [f"{_exact(sum(acc) / 2)} ({acc[0]:.3f}, {acc[1]:.3f})", str(a["nfe"])]
+                + cells
+                + [f"{sum(per_class) / 2:.2f} ({per_class[0]:.2f}, {per_class[1]:.2f})"]
+            )
             quotes.append(f"| {model}, w = {w:g} | " + " | ".join(cells) + " |")
         else:
             quotes.append(f"| {model} | | | {cells[0]} | |")
@@ -372,32 +424,49 @@ def test_denoising(readme, page):
     for r in d["results"]:
         by_model.setdefault(r["model"], {})[r["eps"]] = r
     cells = []
-    for model, rows in by_model.items():
+    for rows in by_model.values():
         for r in rows.values():
             cell = f"{r['psnr']:.2f} / {r['ssim']:.3f}"
             if "best_psnr" in r:
                 cell += f" (best {r['best_psnr']:.2f} @ {r['best_step']})"
             cells.append(cell)
     assert _missing(page, cells) == []
-    unet, cunets = by_model.pop("unet_lr0.004_s0"), [by_model[m] for m in ("cunet_rk4_lr0.008_s0", "cunet_heun_lr0.004_s0")]
+    unet, cunets = (
+        by_model.pop("unet_lr0.004_s0"),
+        [by_model[m] for m in ("cunet_rk4_lr0.008_s0", "cunet_heun_lr0.004_s0")],
+    )
     best = [unet[e]["best_psnr"] - c[e]["best_psnr"] for c in cunets for e in unet]
     after = [unet[e]["psnr"] - c[e]["psnr"] for c in cunets for e in unet]
     models = [unet] + cunets
     chain = [m[e]["best_psnr"] - m[e]["psnr"] for m in models for e in m]
     spread = [m[e]["psnr_std"] for m in models for e in m]
-    filters = [m[e]["best_psnr"] - max(by_model["gaussian_blur"][e]["psnr"], by_model["wiener"][e]["psnr"])
-               for m in models for e in m]
-    assert _missing(page, [f"{min(best):.2f}-{max(best):.2f} dB at the best step",
-                           f"{min(after):.2f}-{max(after):.2f} dB after the chain",
-                           f"lose {min(chain):.2f}-{max(chain):.2f} dB",
-                           f"{min(spread):.1f}-{max(spread):.1f} dB",
-                           f"{min(filters):.1f}-{max(filters):.1f} dB"]) == []
+    filters = [
+        m[e]["best_psnr"] - max(by_model["gaussian_blur"][e]["psnr"], by_model["wiener"][e]["psnr"])
+        for m in models
+        for e in m
+    ]
+    assert (
+        _missing(
+            page,
+            [
+                f"{min(best):.2f}-{max(best):.2f} dB at the best step",
+                f"{min(after):.2f}-{max(after):.2f} dB after the chain",
+                f"lose {min(chain):.2f}-{max(chain):.2f} dB",
+                f"{min(spread):.1f}-{max(spread):.1f} dB",
+                f"{min(filters):.1f}-{max(filters):.1f} dB",
+            ],
+        )
+        == []
+    )
     assert f"{min(after):.2f}-{max(best):.2f} dB" in readme
 
 
 def test_input_pipeline_and_checkpoint_save(page):
     p = _json("input_pipeline.json")
-    for source, label in (("folder of 2,000 JPEGs 178x218", "folder of 2,000 JPEGs"), ("tfds celeb_a (mock_data)", "celeb_a")):
+    for source, label in (
+        ("folder of 2,000 JPEGs 178x218", "folder of 2,000 JPEGs"),
+        ("tfds celeb_a (mock_data)", "celeb_a"),
+    ):
         rates = [f"{r['images_per_s']:,.0f}" for r in p["loader"] if r["source"] == source]
         row = next(line for line in PAGE.read_text().splitlines() if line.startswith("|") and label in line)
         assert _missing(row, rates) == [], row
@@ -422,6 +491,10 @@ def test_no_committed_result_names_a_path_of_the_machine_it_ran_on():
         elif isinstance(node, str):
             yield node
 
-    absolute = [(f.relative_to(RESULTS).as_posix(), s) for f in sorted(RESULTS.rglob("*.json"))
-                for s in strings(json.loads(f.read_text())) if re.match(r"(\w+:)?/\w", s)]
+    absolute = [
+        (f.relative_to(RESULTS).as_posix(), s)
+        for f in sorted(RESULTS.rglob("*.json"))
+        for s in strings(json.loads(f.read_text()))
+        if re.match(r"(\w+:)?/\w", s)
+    ]
     assert absolute == []

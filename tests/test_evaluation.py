@@ -17,9 +17,13 @@ def _space(dim=6, seed=0):
     """A fixed random linear feature map (no training), with a 3-class 'predictor'."""
     w = np.random.default_rng(seed).standard_normal((8 * 8, dim))
     feats = lambda x: x.reshape(len(x), -1).astype(np.float64) / 255.0 @ w
-    return E.FeatureSpace(kind="test", fd_label=E.CLASSIFIER_FD, features=feats,
-                          predict=lambda x: (x.reshape(len(x), -1).mean(1) > 127).astype(int) + (x[:, 0, 0, 0] > 200),
-                          num_classes=3)
+    return E.FeatureSpace(
+        kind="test",
+        fd_label=E.CLASSIFIER_FD,
+        features=feats,
+        predict=lambda x: (x.reshape(len(x), -1).mean(1) > 127).astype(int) + (x[:, 0, 0, 0] > 200),
+        num_classes=3,
+    )
 
 
 def _images(n, seed):
@@ -46,7 +50,9 @@ def test_different_sets_give_positive_fd():
     assert "FD (classifier features)" in E.format_metrics(r)
 
 
-@pytest.mark.parametrize("kind,eps", [("linear", 0.05), ("linear", 0.1), ("linear", 0.3), ("cosine", 0.1), ("sigmoid", 0.2)])
+@pytest.mark.parametrize(
+    "kind,eps", [("linear", 0.05), ("linear", 0.1), ("linear", 0.3), ("cosine", 0.1), ("sigmoid", 0.2)]
+)
 def test_matching_step_against_closed_form(kind, eps):
     s = make_schedule(kind, 1000)
     ab = np.asarray(s.alphas_cumprod, np.float64)
@@ -74,11 +80,13 @@ def _oracle(s, x0_true, prediction):
     """A denoiser that knows x0 and reads x and t: its output is the exact eps, v or x0
     for (x, t), so the chain's x0 estimate is x0_true at every step only if the chain
     passes the right t and converts the output correctly."""
+
     def apply(params, x, t):
         ab = s.alphas_cumprod[t][:, None, None, None]
         sa, sb = jnp.sqrt(ab), jnp.sqrt(1.0 - ab)
         eps = (x - sa * x0_true) / sb
         return {"eps": eps, "v": sa * eps - sb * x0_true, "x0": x0_true}[prediction]
+
     return apply
 
 
@@ -90,8 +98,9 @@ def test_denoise_with_an_oracle_recovers_its_x0_at_every_step(sampler, predictio
     clean = _clean()
     x0_true = jnp.asarray(0.97 * (clean.astype(np.float32) / 127.5 - 1.0))  # finite PSNR
     s = make_schedule("linear", 1000)
-    r = D.denoise(_oracle(s, x0_true, prediction), None, s, prediction, clean, 0.1, 5, jax.random.key(0),
-                  sampler=sampler)
+    r = D.denoise(
+        _oracle(s, x0_true, prediction), None, s, prediction, clean, 0.1, 5, jax.random.key(0), sampler=sampler
+    )
     expected = float(np.mean(psnr((np.asarray(x0_true) + 1.0) / 2.0, clean / 255.0)))
     assert r["t_star"] == D.matching_step(s, 0.1) and r["steps"] == 5
     np.testing.assert_allclose(r["psnr_curve"], expected, atol=0.01)
@@ -142,8 +151,17 @@ def test_evaluate_py_end_to_end(tmp_path):
     wd = tmp_path / "run"
     proc = run("train.py", f"--workdir={wd}", "--config.training.num_steps=2", *TINY)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = run("evaluate.py", f"--workdir={wd}", "--num=20", "--sampling.sampler=dpmpp2m", "--steps=2", "--batch=8",
-               "--sampling.spacing=time_uniform", f"--cache_dir={tmp_path / 'cache'}", "--classifier_steps=20")
+    proc = run(
+        "evaluate.py",
+        f"--workdir={wd}",
+        "--num=20",
+        "--sampling.sampler=dpmpp2m",
+        "--steps=2",
+        "--batch=8",
+        "--sampling.spacing=time_uniform",
+        f"--cache_dir={tmp_path / 'cache'}",
+        "--classifier_steps=20",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "FD (classifier features)" in proc.stdout and "dpmpp2m steps=2 spacing=time_uniform" in proc.stdout
     out = json.loads((wd / "eval_2_dpmpp2m2.json").read_text())
@@ -215,4 +233,5 @@ def test_real_embeddings_are_cached_per_data_set_split_draw_and_space(tmp_path, 
     # an embedded real set scores like the images themselves
     s = _images(20, 3)
     assert E.evaluate_samples(s, first, _space(), kid_subsets=2, kid_subset_size=10)["fd"] == pytest.approx(
-        E.evaluate_samples(s, x, _space(), kid_subsets=2, kid_subset_size=10)["fd"])
+        E.evaluate_samples(s, x, _space(), kid_subsets=2, kid_subset_size=10)["fd"]
+    )

@@ -21,7 +21,7 @@ import pytest
 
 from helpers import REPO, TINY, run, subprocess_env, tiny_config
 from odediff import cli, parallel
-from odediff.checkpoint import CheckpointError, Checkpointer, FormatError, _disk_full, state_checksum
+from odediff.checkpoint import Checkpointer, CheckpointError, FormatError, _disk_full, state_checksum
 from odediff.generation import restore_run
 from odediff.models import build_denoiser
 from odediff.train_state import abstract_train_state, make_optimizer
@@ -51,8 +51,11 @@ def _sample_error(workdir: Path, capsys, pattern: str) -> None:
 
 
 def _snapshot(workdir: Path) -> dict[str, str]:
-    return {str(p.relative_to(workdir)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(workdir.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(workdir)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(workdir.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _steps_on_disk(workdir: Path) -> list[int]:
@@ -64,8 +67,9 @@ def _state(workdir: Path, step: int):
     """The full train state of a checkpoint, restored with its own config."""
     ckpt = Checkpointer(workdir, read_only=True)
     config = ml_collections.ConfigDict(ckpt.read_meta(step)["config"])
-    abstract = abstract_train_state(build_denoiser(config.model), make_optimizer(config.training), config,
-                                    parallel.replicated(parallel.make_mesh()))
+    abstract = abstract_train_state(
+        build_denoiser(config.model), make_optimizer(config.training), config, parallel.replicated(parallel.make_mesh())
+    )
     return ckpt.restore(step, abstract)[0]
 
 
@@ -103,8 +107,14 @@ class _Train:
         env = subprocess_env(devices)
         self.out, self.err = open(log.with_suffix(".out"), "w+"), open(log.with_suffix(".err"), "w+")
         self.workdir = workdir
-        self.proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), f"--workdir={workdir}", *ARGS, *extra],
-                                     cwd=REPO, env=env, stdout=self.out, stderr=self.err, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(REPO / "train.py"), f"--workdir={workdir}", *ARGS, *extra],
+            cwd=REPO,
+            env=env,
+            stdout=self.out,
+            stderr=self.err,
+            text=True,
+        )
 
     def wait_for_checkpoint_after(self, step: int, timeout: float = 240) -> None:
         deadline = time.time() + timeout
@@ -163,8 +173,17 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_with_one_checkpo
         port = sock.getsockname()[1]
 
     def both(name: str) -> list[_Train]:  # two processes of two devices each
-        return [_Train(tmp_path / "run", tmp_path / f"{name}{i}", f"--coordinator_address=127.0.0.1:{port}",
-                       "--num_processes=2", f"--process_id={i}", devices=2) for i in range(2)]
+        return [
+            _Train(
+                tmp_path / "run",
+                tmp_path / f"{name}{i}",
+                f"--coordinator_address=127.0.0.1:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+                devices=2,
+            )
+            for i in range(2)
+        ]
 
     procs = both("preempted")
     procs[0].wait_for_checkpoint_after(2)
@@ -227,8 +246,12 @@ def test_a_damaged_newest_step_is_named_and_skipped(reference, tmp_path, damage,
     with pytest.raises(CheckpointError, match=rf"checkpoint step {N} in .* is unusable: .*{reason}"):
         restore_run(workdir)
     # Training's restore falls back to the newest intact step and moves the bad one aside.
-    abstract = abstract_train_state(build_denoiser(tiny_config().model), make_optimizer(tiny_config().training),
-                                    tiny_config(), parallel.replicated(parallel.make_mesh()))
+    abstract = abstract_train_state(
+        build_denoiser(tiny_config().model),
+        make_optimizer(tiny_config().training),
+        tiny_config(),
+        parallel.replicated(parallel.make_mesh()),
+    )
     with caplog.at_level(logging.WARNING, logger="odediff.checkpoint"):
         step, _, _ = Checkpointer(workdir).restore_latest(abstract)
     assert step == N - 2
@@ -277,8 +300,11 @@ def test_cli_reports_a_damaged_checkpoint_and_training_resumes_before_it(referen
     shutil.copytree(reference, workdir)
     _truncate_array_files(workdir / "checkpoints" / str(N))
     before = _snapshot(workdir)
-    _usage_error(run("sample.py", f"--workdir={workdir}", "--num=2"), "sample.py",
-                 rf"checkpoint step {N} in \S+ is unusable: its files cannot be read \(.*\)")
+    _usage_error(
+        run("sample.py", f"--workdir={workdir}", "--num=2"),
+        "sample.py",
+        rf"checkpoint step {N} in \S+ is unusable: its files cannot be read \(.*\)",
+    )
     assert _snapshot(workdir) == before
 
     with caplog.at_level(logging.WARNING, logger="odediff.checkpoint"):
@@ -306,10 +332,14 @@ def test_only_the_aftermath_of_a_failed_read_is_silenced(monkeypatch):
     orbax_read = coroutine_from(os.path.join("site-packages", "orbax", "checkpoint", "serialization.py"))
     other = coroutine_from(os.path.join("site-packages", "mylib", "io.py"))
     try:
-        dropped = [SimpleNamespace(exc_value=RuntimeError("Event loop is closed"), object=None),
-                   SimpleNamespace(exc_value=Exception("Encountered error while reading"), object=orbax_read)]
-        kept = [SimpleNamespace(exc_value=RuntimeError("something else"), object=None),
-                SimpleNamespace(exc_value=Exception("Encountered error while reading"), object=other)]
+        dropped = [
+            SimpleNamespace(exc_value=RuntimeError("Event loop is closed"), object=None),
+            SimpleNamespace(exc_value=Exception("Encountered error while reading"), object=orbax_read),
+        ]
+        kept = [
+            SimpleNamespace(exc_value=RuntimeError("something else"), object=None),
+            SimpleNamespace(exc_value=Exception("Encountered error while reading"), object=other),
+        ]
         for u in dropped + kept:
             sys.unraisablehook(u)
     finally:
@@ -320,18 +350,23 @@ def test_only_the_aftermath_of_a_failed_read_is_silenced(monkeypatch):
 
 # ---------------------------------------------------------------------------- a full disk
 
-NO_SPACE = ('RESOURCE_EXHAUSTED: Error writing local file "{dir}/4.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/'
-            '_sharding": Failed writing: "{dir}/4.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/_sharding.__lock": '
-            "Failed to write 55714 bytes to file 15: No space left on device [os_error_code='28']")
+NO_SPACE = (
+    'RESOURCE_EXHAUSTED: Error writing local file "{dir}/4.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/'
+    '_sharding": Failed writing: "{dir}/4.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/_sharding.__lock": '
+    "Failed to write 55714 bytes to file 15: No space left on device [os_error_code='28']"
+)
 
 
-@pytest.mark.parametrize("error,full", [
-    (ValueError(NO_SPACE.format(dir="/x")), True),  # what orbax raises from tensorstore
-    (OSError(errno.ENOSPC, "No space left on device"), True),
-    (OSError(errno.EDQUOT, "Disk quota exceeded"), True),
-    (ValueError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.2 GiB"), False),
-    (OSError(errno.EACCES, "Permission denied"), False),
-])
+@pytest.mark.parametrize(
+    "error,full",
+    [
+        (ValueError(NO_SPACE.format(dir="/x")), True),  # what orbax raises from tensorstore
+        (OSError(errno.ENOSPC, "No space left on device"), True),
+        (OSError(errno.EDQUOT, "Disk quota exceeded"), True),
+        (ValueError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.2 GiB"), False),
+        (OSError(errno.EACCES, "Permission denied"), False),
+    ],
+)
 def test_a_full_disk_is_told_from_other_errors(error, full):
     try:
         try:
@@ -343,7 +378,8 @@ def test_a_full_disk_is_told_from_other_errors(error, full):
 
 
 def test_a_disk_that_fills_up_during_a_save_is_one_line_and_exit_3_and_the_checkpoint_before_is_intact(
-        tmp_path, monkeypatch, capsys, caplog):
+    tmp_path, monkeypatch, capsys, caplog
+):
     import orbax.checkpoint as ocp
     from absl import logging as absl_logging
 
@@ -373,13 +409,16 @@ def test_a_disk_that_fills_up_during_a_save_is_one_line_and_exit_3_and_the_check
         rf"train.py: error: the disk holding {re.escape(str(workdir))} filled up while a checkpoint was saved: a "
         r"checkpoint takes about [\d.]+ (KB|MB) and [\d.]+ (KB|MB|GB|TB) are free there; free some space or move "
         r"the run to a larger disk, then run the same command to resume from step 2, the newest checkpoint, "
-        r"which is intact", lines[0]), lines[0]
+        r"which is intact",
+        lines[0],
+    ), lines[0]
     assert "an error of something else" in caplog.text and "No space left" not in caplog.text
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2"]  # the unfinished save is gone
     assert int(_state(workdir, 2).step) == 2  # intact: restored with its checksum
 
 
 # ---------------------------------------------------------------------------- NaN and inf
+
 
 def _faulty_data(monkeypatch, nan_step: int, sigint_step: int | None = None) -> None:
     """Batches that turn to NaN at `nan_step`, and SIGINT while the batch of `sigint_step` is fetched."""
@@ -463,19 +502,26 @@ def test_an_unknown_config_file_is_one_line_listing_the_shipped_ones(capsys):
     with pytest.raises(SystemExit) as stop:
         cli.resolve_config_arg(["train.py", "--config=configs/nope.py"])
     assert stop.value.code == 2
-    assert re.fullmatch(r"train.py: error: config file configs/nope.py does not exist: pass a path to one, or one "
-                        r"of .*\n", capsys.readouterr().err)
+    assert re.fullmatch(
+        r"train.py: error: config file configs/nope.py does not exist: pass a path to one, or one "
+        r"of .*\n",
+        capsys.readouterr().err,
+    )
 
 
 BAD_TRAIN = {  # config field -> value, and the one line it gives
     "unknown dataset": ({"data.source": "imagenet"}, r"data.source='imagenet' is not known: use one of"),
     "missing source path": ({"data.source": "npz:/nonexistent/x.npz"}, r"npz:/nonexistent/x.npz does not exist"),
-    "tfds offline": ({"data.source": "tfds:mnist", "data.data_dir": "{empty}"},
-                     r"tfds dataset 'mnist' is not prepared in \S+ and cannot be downloaded offline"),
+    "tfds offline": (
+        {"data.source": "tfds:mnist", "data.data_dir": "{empty}"},
+        r"tfds dataset 'mnist' is not prepared in \S+ and cannot be downloaded offline",
+    ),
     "image size": ({"data.image_size": 9}, r"data.image_size=9 is not divisible by 2"),
     "batch vs devices": ({"training.batch_size": 6}, r"batch_size=6 is not divisible by the 4 devices"),
-    "different config": ({"model.cunet.nf": 8},
-                         r"holds a run with a different config \(model.cunet.nf\): .*--allow_config_change"),
+    "different config": (
+        {"model.cunet.nf": 8},
+        r"holds a run with a different config \(model.cunet.nf\): .*--allow_config_change",
+    ),
 }
 
 
@@ -513,7 +559,8 @@ def test_allow_config_change_continues_the_run(existing, tmp_path):
     assert _steps_on_disk(workdir)[-1] == N + 2
     after = _state(workdir, N + 2)
     assert int(after.step) == N + 2 and not np.array_equal(
-        np.asarray(jax.tree.leaves(after.params)[0]), np.asarray(jax.tree.leaves(before.params)[0]))
+        np.asarray(jax.tree.leaves(after.params)[0]), np.asarray(jax.tree.leaves(before.params)[0])
+    )
     meta = Checkpointer(workdir, read_only=True).read_meta(N + 2)
     assert meta["config"]["training"]["learning_rate"] == 0.01  # the new value trained those steps
 
@@ -533,15 +580,22 @@ def test_sample_refuses_params_that_do_not_fit_the_saved_config(existing, tmp_pa
     record["config"]["model"]["cunet"]["nf"] = 8
     meta.write_text(json.dumps(record))
     before = _snapshot(workdir)
-    _sample_error(workdir, capsys, rf"checkpoint step {N} in \S+ is unusable: its params do not fit the model its "
-                                   r"config builds \(Conv_0.bias is \(4,\) on disk but \(8,\) in the model\)")
+    _sample_error(
+        workdir,
+        capsys,
+        rf"checkpoint step {N} in \S+ is unusable: its params do not fit the model its "
+        r"config builds \(Conv_0.bias is \(4,\) on disk but \(8,\) in the model\)",
+    )
     assert _snapshot(workdir) == before
 
 
-@pytest.mark.parametrize("version,pattern", [
-    (0, r"has checkpoint format 0, and this odediff reads format 1: .* train a new run"),
-    (7, r"has checkpoint format 7, newer than this odediff's 1: upgrade odediff"),
-])
+@pytest.mark.parametrize(
+    "version,pattern",
+    [
+        (0, r"has checkpoint format 0, and this odediff reads format 1: .* train a new run"),
+        (7, r"has checkpoint format 7, newer than this odediff's 1: upgrade odediff"),
+    ],
+)
 def test_checkpoints_of_another_format_are_refused_and_left_alone(existing, tmp_path, version, pattern, capsys):
     workdir = tmp_path / "run"
     shutil.copytree(existing, workdir)
@@ -553,8 +607,9 @@ def test_checkpoints_of_another_format_are_refused_and_left_alone(existing, tmp_
     _sample_error(workdir, capsys, pattern)
     ckpt = Checkpointer(workdir)  # resuming training: refused, not skipped as damaged
     config = ml_collections.ConfigDict(record["config"])
-    abstract = abstract_train_state(build_denoiser(config.model), make_optimizer(config.training), config,
-                                    parallel.replicated(parallel.make_mesh()))
+    abstract = abstract_train_state(
+        build_denoiser(config.model), make_optimizer(config.training), config, parallel.replicated(parallel.make_mesh())
+    )
     with pytest.raises(FormatError, match=pattern):
         ckpt.restore_latest(abstract)
     ckpt.close()
@@ -572,8 +627,11 @@ def test_a_decaying_run_resumes_only_with_the_num_steps_it_started_with(tmp_path
     check_workdir_config(tmp_path, config, allow_config_change=False)
     config.training.num_steps = 200
     for allow in (False, True):
-        with pytest.raises(ConfigError, match=rf"training.num_steps=100, and its {schedule} learning-rate schedule is "
-                                              r"built from it: pass --config.training.num_steps=100 to resume it"):
+        with pytest.raises(
+            ConfigError,
+            match=rf"training.num_steps=100, and its {schedule} learning-rate schedule is "
+            r"built from it: pass --config.training.num_steps=100 to resume it",
+        ):
             check_workdir_config(tmp_path, config, allow_config_change=allow)
     config.training.lr_schedule = "constant"  # a constant rate does not depend on num_steps
     (tmp_path / "config.json").write_text(config_to_json(config))
@@ -583,12 +641,20 @@ def test_a_decaying_run_resumes_only_with_the_num_steps_it_started_with(tmp_path
 
 def test_the_state_checksum_sees_any_changed_word_and_not_the_sharding():
     mesh = parallel.make_mesh()
-    state = {"w": jnp.arange(64, dtype=jnp.float32).reshape(8, 8), "n": jnp.int32(3), "key": jax.random.key(1),
-             "h": jnp.ones(4, jnp.bfloat16)}
+    state = {
+        "w": jnp.arange(64, dtype=jnp.float32).reshape(8, 8),
+        "n": jnp.int32(3),
+        "key": jax.random.key(1),
+        "h": jnp.ones(4, jnp.bfloat16),
+    }
     value = int(state_checksum(state))
     sharded = {**state, "w": jax.device_put(state["w"], parallel.batch_sharded(mesh))}
     assert int(state_checksum(sharded)) == value
-    for changed in ({**state, "w": state["w"].at[5, 2].set(np.nextafter(np.float32(42), np.float32(43)))},
-                    {**state, "w": state["w"].T}, {**state, "n": jnp.int32(4)},
-                    {**state, "h": state["h"].at[0].set(2)}, {**state, "key": jax.random.key(2)}):
+    for changed in (
+        {**state, "w": state["w"].at[5, 2].set(np.nextafter(np.float32(42), np.float32(43)))},
+        {**state, "w": state["w"].T},
+        {**state, "n": jnp.int32(4)},
+        {**state, "h": state["h"].at[0].set(2)},
+        {**state, "key": jax.random.key(2)},
+    ):
         assert int(state_checksum(changed)) != value

@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
-from helpers import REPO
 
 from benchmarks import gpu_table
+from helpers import REPO
 
 TRAIN_KEYS = {"dtype", "batch", "ms_per_step", "images_per_s", "tflops", "mfu", "memory_bytes"}
 
@@ -21,8 +21,15 @@ def positive(v) -> bool:
 def test_gpu_table_dry_run_writes_every_part_in_the_json_layout(tmp_path):
     # as gpu_check.sh runs it; one CPU device, and a process of its own for the dry run's compile settings
     env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
-    r = subprocess.run([sys.executable, "-m", "benchmarks.gpu_table", "--dry_run", "--out", str(tmp_path)],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu_table", "--dry_run", "--out", str(tmp_path)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     rec = json.loads((tmp_path / "gpu_table.json").read_text())
     assert rec["machine"].startswith("cpu:") and rec["dry_run"] and rec["config"] == "configs/celeba64.py"
@@ -37,7 +44,10 @@ def test_gpu_table_dry_run_writes_every_part_in_the_json_layout(tmp_path):
         (ddim,) = m["ddim50"]
         assert ddim["batch"] == 4 and positive(ddim["images_per_s"]) and ddim["steps"] == 50
     loop = rec["models"]["cunet"]["loop"]
-    assert positive(rec["models"]["cunet"]["loop_over_step"]) and loop["loop_over_step"] == rec["models"]["cunet"]["loop_over_step"]
+    assert (
+        positive(rec["models"]["cunet"]["loop_over_step"])
+        and loop["loop_over_step"] == rec["models"]["cunet"]["loop_over_step"]
+    )
     assert loop["steps_timed"] == 4 and positive(loop["loop_ms_per_step"]) and positive(loop["step_alone_ms_per_step"])
     assert rec["models"]["unet"]["loop_over_step"] is None  # the dry run's loop: first model only
     (ratio,) = rec["ratios"]["train"]
@@ -49,19 +59,44 @@ def test_gpu_table_dry_run_writes_every_part_in_the_json_layout(tmp_path):
 
 
 def test_gpu_table_option_sets_run_in_child_processes_and_are_skipped_when_time_runs_short(tmp_path):
-    rec = gpu_table.main(["--parts", "flags", "--models", "cunet", "--xla_flag_sets=--xla_no_such_option=1",
-                          "--out", str(tmp_path)])
+    rec = gpu_table.main(
+        ["--parts", "flags", "--models", "cunet", "--xla_flag_sets=--xla_no_such_option=1", "--out", str(tmp_path)]
+    )
     (child,) = rec["xla_flags"]
     # the child got as far as XLA reading its flags (a wrong command line would stop in argparse)
     assert child["returncode"] != 0 and "xla_no_such_option" in " ".join(child["error"])
-    assert json.loads((tmp_path / "gpu_table.json").read_text())["xla_flags"][0]["xla_flags"] == "--xla_no_such_option=1"
-    rec = gpu_table.main(["--parts", "flags", "--models", "cunet", "--xla_flag_sets=--a=1;--b=2", "--time_limit", "5",
-                          "--out", str(tmp_path)])
-    assert [f["xla_flags"] for f in rec["xla_flags"]] == ["--a=1", "--b=2"] and all("skipped" in f for f in rec["xla_flags"])
+    assert (
+        json.loads((tmp_path / "gpu_table.json").read_text())["xla_flags"][0]["xla_flags"] == "--xla_no_such_option=1"
+    )
+    rec = gpu_table.main(
+        [
+            "--parts",
+            "flags",
+            "--models",
+            "cunet",
+            "--xla_flag_sets=--a=1;--b=2",
+            "--time_limit",
+            "5",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert [f["xla_flags"] for f in rec["xla_flags"]] == ["--a=1", "--b=2"] and all(
+        "skipped" in f for f in rec["xla_flags"]
+    )
 
 
-@pytest.mark.parametrize("argv", [["--models", "cunet,resnet"], ["--parts", "train,fid"], ["--dtypes", "float16"],
-                                  ["--batches", "128,0"], ["--sample_batches", "x"], ["--config", "no/such.py"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--models", "cunet,resnet"],
+        ["--parts", "train,fid"],
+        ["--dtypes", "float16"],
+        ["--batches", "128,0"],
+        ["--sample_batches", "x"],
+        ["--config", "no/such.py"],
+    ],
+)
 def test_gpu_table_refuses_a_wrong_command_line_with_exit_2(argv, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         gpu_table.main(argv + ["--out", str(tmp_path)])
@@ -70,9 +105,17 @@ def test_gpu_table_refuses_a_wrong_command_line_with_exit_2(argv, tmp_path, caps
 
 
 def test_gpu_table_takes_the_dense_peak_of_each_datasheet_device_by_its_name():
-    names = {"NVIDIA H100 80GB HBM3": "H100 SXM", "NVIDIA H100 PCIe": "H100 PCIe", "NVIDIA H100 NVL": "H100 NVL",
-             "NVIDIA H200": "H200 SXM", "NVIDIA H200 NVL": "H200 NVL", "NVIDIA A100-SXM4-80GB": "A100",
-             "NVIDIA A100 80GB PCIe": "A100", "Tesla V100-SXM2-16GB": None, "cpu": None}
+    names = {
+        "NVIDIA H100 80GB HBM3": "H100 SXM",
+        "NVIDIA H100 PCIe": "H100 PCIe",
+        "NVIDIA H100 NVL": "H100 NVL",
+        "NVIDIA H200": "H200 SXM",
+        "NVIDIA H200 NVL": "H200 NVL",
+        "NVIDIA A100-SXM4-80GB": "A100",
+        "NVIDIA A100 80GB PCIe": "A100",
+        "Tesla V100-SXM2-16GB": None,
+        "cpu": None,
+    }
     assert {k: gpu_table.peak_name(k) for k in names} == names
     for peaks in gpu_table.PEAK_TFLOPS.values():  # dense bfloat16 is twice dense TF32 on these parts
         assert peaks["bfloat16"] == pytest.approx(2 * peaks["float32"], rel=0.01)

@@ -5,7 +5,6 @@ import pytest
 
 from odediff import metrics
 
-
 # --------------------------------------------------------------------------- FD
 
 
@@ -38,9 +37,7 @@ def test_fd_from_stats_rotation_invariant_and_identical_zero(method):
     assert got == pytest.approx(_diag_fd(mu1, s1, mu2, s2), rel=1e-8)
     a = rng.normal(size=(d, d))
     sig = a @ a.T + 0.1 * np.eye(d)
-    assert metrics.frechet_distance_from_stats(mu1, sig, mu1, sig, method=method) == pytest.approx(
-        0.0, abs=1e-9
-    )
+    assert metrics.frechet_distance_from_stats(mu1, sig, mu1, sig, method=method) == pytest.approx(0.0, abs=1e-9)
 
 
 def test_fd_non_commuting_methods_agree_and_singular_ok():
@@ -189,8 +186,7 @@ def test_ssim_identity_and_noise_monotone():
     img = rng.uniform(size=(2, 16, 16, 1))
     np.testing.assert_allclose(metrics.ssim(img, img), 1.0, atol=1e-12)
     vals = [
-        metrics.ssim(img, np.clip(img + s * rng.normal(size=img.shape), 0, 1)).mean()
-        for s in (0.01, 0.05, 0.2, 0.5)
+        metrics.ssim(img, np.clip(img + s * rng.normal(size=img.shape), 0, 1)).mean() for s in (0.01, 0.05, 0.2, 0.5)
     ]
     assert all(x > y for x, y in zip(vals, vals[1:]))
     assert vals[0] < 1.0
@@ -200,8 +196,8 @@ def test_ssim_identity_and_noise_monotone():
 
 
 def test_ssim_matches_dm_pix():
-    import jax
     import dm_pix as pix
+    import jax
 
     rng = np.random.default_rng(12)
     a = rng.uniform(size=(2, 20, 24, 3)).astype(np.float32)

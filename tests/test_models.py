@@ -49,8 +49,9 @@ def test_a_unet_narrower_than_32_channels_builds_with_attention_at_any_level():
     c.model.name = "unet"
     c.model.unet.update(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8, 4))  # 16 and 32 channels
     model = build_denoiser(c.model)
-    out = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), jnp.zeros((2, 8, 8, 1)),
-                                                        jnp.zeros((2,), jnp.int32))[0])
+    out = jax.eval_shape(
+        lambda: model.init_with_output(jax.random.key(0), jnp.zeros((2, 8, 8, 1)), jnp.zeros((2,), jnp.int32))[0]
+    )
     assert out.shape == (2, 8, 8, 1)
 
 
@@ -100,8 +101,17 @@ def test_every_cunet_ode_block_is_time_conditioned():
 
 
 def test_the_cunet_config_fields_become_one_ode_settings_that_every_block_uses():
-    c = _tiny("cunet", solver="heun", ode_steps=3, ode_mode="diffeqsolve", rtol=1e-4, atol=1e-5,
-              adjoint="direct", max_ode_steps=9, remat=True)
+    c = _tiny(
+        "cunet",
+        solver="heun",
+        ode_steps=3,
+        ode_mode="diffeqsolve",
+        rtol=1e-4,
+        atol=1e-5,
+        adjoint="direct",
+        max_ode_steps=9,
+        remat=True,
+    )
     model = build_denoiser(c.model)
     assert model.ode == ODESettings("heun", 3, "diffeqsolve", 1e-4, 1e-5, "direct", 9, True)
     seen = []
@@ -125,8 +135,10 @@ def test_another_block_solver_applies_the_trained_params_and_rk4_converges_to_a_
     out = lambda m: np.asarray(jax.jit(lambda p: m.apply({"params": p}, x, t))(params), np.float64)  # noqa: E731
     base = out(model)
     np.testing.assert_array_equal(out(build_denoiser(c.model, block_solver="euler", block_steps=1)), base)
-    rk4 = {1: out(build_denoiser(c.model, block_solver="rk4", block_steps=1)),
-           2: out(with_block_solver(model, "rk4", 2))}
+    rk4 = {
+        1: out(build_denoiser(c.model, block_solver="rk4", block_steps=1)),
+        2: out(with_block_solver(model, "rk4", 2)),
+    }
     fine = out(model.clone(ode=ODESettings("rk4", 16, "diffeqsolve")))  # diffrax's loop compiles quicker
     assert all(np.isfinite(y).all() for y in (*rk4.values(), fine))
     assert np.abs(rk4[1] - base).max() > 1e-3 * np.abs(base).max()
@@ -175,8 +187,9 @@ def test_unet_dropout_uses_the_rng_only_in_training():
     params = perturbed(_init(model, c), jax.random.key(1))
     x = jax.random.normal(jax.random.key(2), (2, 8, 8, 1))
     t = jnp.array([1, 2], jnp.int32)
-    apply = jax.jit(lambda k, train: model.apply({"params": params}, x, t, train=train, rngs={"dropout": k}),
-                    static_argnums=1)
+    apply = jax.jit(
+        lambda k, train: model.apply({"params": params}, x, t, train=train, rngs={"dropout": k}), static_argnums=1
+    )
     e1, e2 = (apply(jax.random.key(i), False) for i in range(2))
     np.testing.assert_array_equal(e1, e2)
     tr = [apply(jax.random.key(i), True) for i in range(2)]
@@ -213,8 +226,6 @@ def test_group_norm_matches_flax(groups):
     )
 
 
-
-
 @pytest.mark.parametrize("name", ["cunet", "unet"])
 def test_class_conditional_denoisers_depend_on_the_label_and_treat_none_as_the_null_class(name):
     c = _tiny(name)
@@ -230,7 +241,9 @@ def test_class_conditional_denoisers_depend_on_the_label_and_treat_none_as_the_n
     apply = jax.jit(lambda p, y: model.apply({"params": p}, x, t, y))
     out = {y: apply(params, jnp.array([y, y], jnp.int32)) for y in range(4)}
     assert float(jnp.max(jnp.abs(out[0] - out[1]))) > 1e-4
-    np.testing.assert_allclose(jax.jit(lambda p: model.apply({"params": p}, x, t))(params), out[3], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        jax.jit(lambda p: model.apply({"params": p}, x, t))(params), out[3], rtol=1e-5, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("name", ["cunet", "unet"])

@@ -21,8 +21,9 @@ def test_quickstart_notebook_executes(tmp_path):
     # a shorter training loop, set after the cell tagged "parameters" as papermill would
     (at,) = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
     nb.cells.insert(at + 1, nbformat.v4.new_code_cell("train_steps = 60"))
-    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                                     resources={"metadata": {"path": str(tmp_path)}})
+    client = nbclient.NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
     client.execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {}) for o in outputs)
@@ -32,7 +33,9 @@ def test_writing_a_loss_curve_leaves_the_matplotlib_backend_alone(tmp_path):
     import subprocess
     import sys
 
-    code = ("import matplotlib; matplotlib.use('svg'); from odediff import images; "
-            "images.save_curves({'loss': ([1, 2], [1.0, 0.5])}, 'c.png'); print(matplotlib.get_backend())")
+    code = (
+        "import matplotlib; matplotlib.use('svg'); from odediff import images; "
+        "images.save_curves({'loss': ([1, 2], [1.0, 0.5])}, 'c.png'); print(matplotlib.get_backend())"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "svg" and (tmp_path / "c.png").stat().st_size > 0

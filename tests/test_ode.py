@@ -1,7 +1,7 @@
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import flax.linen as nn
 import pytest
 
 from odediff.models.ode import FIELDS, MODES, SOLVERS, ODEBlock, ODESettings, VectorField, solve
@@ -11,13 +11,16 @@ def _decay(y, args):
     return -args * y
 
 
-@pytest.mark.parametrize("solver,steps,expected", [
-    ("euler", 1, 0.0),  # 1 - h
-    ("midpoint", 1, 0.5),  # 1 - h + h^2/2
-    ("heun", 1, 0.5),
-    ("rk4", 1, 1 - 1 + 1 / 2 - 1 / 6 + 1 / 24),  # the RK4 stability polynomial at h = -1
-    ("euler", 4, 0.75**4),
-])
+@pytest.mark.parametrize(
+    "solver,steps,expected",
+    [
+        ("euler", 1, 0.0),  # 1 - h
+        ("midpoint", 1, 0.5),  # 1 - h + h^2/2
+        ("heun", 1, 0.5),
+        ("rk4", 1, 1 - 1 + 1 / 2 - 1 / 6 + 1 / 24),  # the RK4 stability polynomial at h = -1
+        ("euler", 4, 0.75**4),
+    ],
+)
 def test_one_step_matches_the_stability_polynomial(solver, steps, expected):
     y = solve(_decay, jnp.ones((3,)), jnp.float32(1.0), ODESettings(solver, steps))
     np.testing.assert_allclose(y, expected, rtol=1e-6, atol=1e-7)
@@ -30,8 +33,7 @@ def test_high_order_solvers_converge_to_the_exponential(solver):
 
 
 def test_adaptive_solve_meets_its_tolerance():
-    y = solve(_decay, jnp.ones((2,)), jnp.float32(3.0),
-              ODESettings("tsit5", 0, "diffeqsolve", rtol=1e-6, atol=1e-8))
+    y = solve(_decay, jnp.ones((2,)), jnp.float32(3.0), ODESettings("tsit5", 0, "diffeqsolve", rtol=1e-6, atol=1e-8))
     np.testing.assert_allclose(y, np.exp(-3.0), rtol=1e-4)
 
 
@@ -88,8 +90,10 @@ def test_every_fixed_step_solver_has_its_order_of_accuracy(solver):
     """dy/ds = -y from y(0) = 1: the error against exp(-1) falls by 2^order as the steps
     double (in float64, where the fifth-order solvers stay clear of rounding)."""
     with jax.enable_x64(True):
-        errs = [abs(float(solve(_decay, jnp.ones((), jnp.float64), 1.0, ODESettings(solver, n))) - np.exp(-1.0))
-                for n in (8, 16, 32)]
+        errs = [
+            abs(float(solve(_decay, jnp.ones((), jnp.float64), 1.0, ODESettings(solver, n))) - np.exp(-1.0))
+            for n in (8, 16, 32)
+        ]
     orders = [np.log2(a / b) for a, b in zip(errs, errs[1:])]
     assert all(abs(o - ORDERS[solver]) < 0.4 for o in orders), (errs, orders)
 
@@ -97,8 +101,10 @@ def test_every_fixed_step_solver_has_its_order_of_accuracy(solver):
 def _hand_written_field(kind, p, y, scale, shift):
     """The two fields written out with flax's GroupNorm and jax.nn.softplus (8 channels: 2 groups)."""
     gn = lambda q, h: nn.GroupNorm(num_groups=2).apply({"params": q}, h)
-    conv = lambda q, h: jax.lax.conv_general_dilated(
-        h, q["kernel"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) + q["bias"][None, None, None, :]
+    conv = lambda q, h: (
+        jax.lax.conv_general_dilated(h, q["kernel"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        + q["bias"][None, None, None, :]
+    )
     h = jax.nn.softplus(conv(p["Conv_0"], gn(p["GroupNorm_0"], y)))
     h = gn(p["GroupNorm_1"], h) * (1.0 + scale[:, None, None, :]) + shift[:, None, None, :]
     if kind == "release":
@@ -113,8 +119,12 @@ def test_vector_fields_match_their_written_out_form(kind):
     field = VectorField(8, "group", kind)
     params = field.init(jax.random.key(2), y, scale, shift)["params"]
     params = jax.tree.map(lambda a: a + 0.2 * jax.random.normal(jax.random.key(3), a.shape), params)
-    np.testing.assert_allclose(field.apply({"params": params}, y, scale, shift),
-                               _hand_written_field(kind, params, y, scale, shift), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        field.apply({"params": params}, y, scale, shift),
+        _hand_written_field(kind, params, y, scale, shift),
+        rtol=1e-4,
+        atol=1e-5,
+    )
 
 
 def test_residual_ode_block_starts_as_the_identity_and_the_release_block_does_not():

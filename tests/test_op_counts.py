@@ -5,9 +5,9 @@ import json
 import jax
 import jax.numpy as jnp
 import pytest
-from helpers import REPO
 
 from benchmarks import op_counts
+from helpers import REPO
 
 MODULE = """HloModule m, entry_computation_layout={(f32[4]{0})->f32[4]{0}}
 
@@ -57,8 +57,15 @@ ENTRY %main (x: f32[4]) -> f32[4] {
 def test_op_counts_take_the_ops_of_the_entry_and_loops_not_of_fusions_or_reducers():
     c = op_counts.hlo_counts(MODULE)
     # entry: while, custom-call, reduce, broadcast; loop body: fusion, add; condition: compare
-    assert c["ops"] == 7 and c["by_opcode"] == {"while": 1, "custom-call": 1, "reduce": 1, "broadcast": 1,
-                                                "fusion": 1, "add": 1, "compare": 1}
+    assert c["ops"] == 7 and c["by_opcode"] == {
+        "while": 1,
+        "custom-call": 1,
+        "reduce": 1,
+        "broadcast": 1,
+        "fusion": 1,
+        "add": 1,
+        "compare": 1,
+    }
     assert (c["fusions"], c["while_loops"], c["custom_calls"], c["convolutions"]) == (1, 1, 1, 1)
     assert c["instructions"] == 26 and c["fused_instructions"] == 2
 
@@ -66,8 +73,9 @@ def test_op_counts_take_the_ops_of_the_entry_and_loops_not_of_fusions_or_reducer
 def test_op_counts_of_a_compiled_function_find_its_convolution_and_loop():
     def f(x, w):
         y = jax.nn.relu(jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
-        return jax.lax.fori_loop(0, jnp.int32(x.shape[0]) + (jnp.sum(x) > 0).astype(jnp.int32),
-                                 lambda i, c: c * 1.01 + jnp.sin(c), y).mean()
+        return jax.lax.fori_loop(
+            0, jnp.int32(x.shape[0]) + (jnp.sum(x) > 0).astype(jnp.int32), lambda i, c: c * 1.01 + jnp.sin(c), y
+        ).mean()
 
     c = op_counts.counts_of(f, jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4)))
     assert c["convolutions"] == 1 and c["while_loops"] == 1 and c["dots"] == 0
@@ -78,7 +86,9 @@ def test_op_counts_of_a_compiled_function_find_its_convolution_and_loop():
 def test_op_counts_committed_for_both_settings_hold_every_model_and_count():
     rec = json.loads((REPO / "benchmarks" / "results" / "op_counts.json").read_text())
     assert {k: set(v) for k, v in rec["settings"].items()} == {
-        "celeba64": {"cunet", "unet"}, "mnist16": {"unet", "cunet_rk4", "cunet_heun"}}
+        "celeba64": {"cunet", "unet"},
+        "mnist16": {"unet", "cunet_rk4", "cunet_heun"},
+    }
     for models in rec["settings"].values():
         for r in models.values():
             assert r["params"] > 0 and 0 < r["gflop_per_image"] < r["train_step_gflop_per_image"]

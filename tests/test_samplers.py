@@ -28,8 +28,19 @@ SIGMAS = np.sqrt((1.0 - AB) / AB)
 MU, SD = 0.3, 0.2
 BIG = (4096, 4, 4, 1)  # 65536 iid pixels: sampling error ~1e-3
 SMALL = (256, 2, 2, 1)
-STATIC = ("num_steps", "prediction", "clip", "solver", "rtol", "atol", "spacing",
-          "continuous_t", "lower_order_final", "eta", "max_steps")
+STATIC = (
+    "num_steps",
+    "prediction",
+    "clip",
+    "solver",
+    "rtol",
+    "atol",
+    "spacing",
+    "continuous_t",
+    "lower_order_final",
+    "eta",
+    "max_steps",
+)
 
 
 @functools.cache
@@ -65,8 +76,9 @@ def _jitted(name: str):
 @functools.cache
 def run(name: str, shape=BIG, seed: int = 0, prediction: str = "eps", **kw):
     """(images as float64, nfe) of a sampler jitted with static arguments."""
-    images, nfe = _jitted(name)(oracle(prediction), None, jax.random.key(seed), shape, SCHED,
-                                prediction=prediction, **kw)
+    images, nfe = _jitted(name)(
+        oracle(prediction), None, jax.random.key(seed), shape, SCHED, prediction=prediction, **kw
+    )
     return np.asarray(images, np.float64), int(nfe)
 
 
@@ -184,9 +196,15 @@ def test_many_steps_reproduce_the_data():
         assert_moments(x, MU, SD, extra=0.004)
 
 
-@pytest.mark.parametrize("name,num_steps,eta", [
-    ("ancestral", 10, 0.0), ("ddim", 10, 1.0), ("ddim", 10, 0.5), ("ddim", 4, 0.3),
-])
+@pytest.mark.parametrize(
+    "name,num_steps,eta",
+    [
+        ("ancestral", 10, 0.0),
+        ("ddim", 10, 1.0),
+        ("ddim", 10, 0.5),
+        ("ddim", 4, 0.3),
+    ],
+)
 def test_stochastic_chains_match_exact_moments(name, num_steps, eta):
     kw = dict(num_steps=num_steps) | (dict(eta=eta) if name == "ddim" else {})
     x, _ = run(name, **kw)
@@ -229,8 +247,9 @@ def test_ddim_bias_and_ode_euler_is_ddim():
     # DDIM shrinks the variance at few steps: std ~0.176 at 50 steps for SD = 0.2.
     assert 0.17 < SD * coef_euler(grid_sigmas(50, "time_uniform")) / coef_exact() < 0.18
     for n in (10,):
-        np.testing.assert_allclose(run("ode", num_steps=n, solver="euler", clip=False)[0],
-                                   run("ddim", num_steps=n, clip=False)[0], atol=2e-6)
+        np.testing.assert_allclose(
+            run("ode", num_steps=n, solver="euler", clip=False)[0], run("ddim", num_steps=n, clip=False)[0], atol=2e-6
+        )
 
 
 def test_dpmpp2m_first_order_steps_are_ddim():
@@ -242,8 +261,11 @@ def test_dpmpp2m_first_order_steps_are_ddim():
 
 @pytest.mark.parametrize("prediction", ["v", "x0"])
 def test_v_and_x0_predictions_match_eps(prediction):
-    for name, kw in [("ddim", dict(num_steps=10)), ("dpmpp2m", dict(num_steps=10)),
-                     ("ode", dict(num_steps=10, solver="heun"))]:
+    for name, kw in [
+        ("ddim", dict(num_steps=10)),
+        ("dpmpp2m", dict(num_steps=10)),
+        ("ode", dict(num_steps=10, solver="heun")),
+    ]:
         ref, _ = run(name, clip=False, **kw)
         np.testing.assert_allclose(run(name, prediction=prediction, clip=False, **kw)[0], ref, atol=1e-4)
 
@@ -282,9 +304,7 @@ def test_ode_adaptive():
     assert nfe == int(nfe2)
 
 
-@pytest.mark.parametrize(
-    "kw", [dict(), dict(solver="heun", rtol=1e-2, atol=1e-2), dict(num_steps=5, solver="rk4")]
-)
+@pytest.mark.parametrize("kw", [dict(), dict(solver="heun", rtol=1e-2, atol=1e-2), dict(num_steps=5, solver="rk4")])
 def test_nfe_counts_every_model_evaluation(kw):
     count = [0]
 
@@ -329,15 +349,21 @@ def test_ode_sampler_with_a_cunet_converges_to_a_fine_solve():
 
     def draw(**kw):
         apply = lambda p, x, t: model.apply({"params": p}, x, t)  # noqa: E731
-        fn = jax.jit(lambda p: S.ode_sample(apply, p, jax.random.key(3), shape, SCHED, prediction="x0",
-                                            continuous_t=True, **kw))
+        fn = jax.jit(
+            lambda p: S.ode_sample(apply, p, jax.random.key(3), shape, SCHED, prediction="x0", continuous_t=True, **kw)
+        )
         return np.asarray(fn(params)[0], np.float64)
 
     ref = draw(num_steps=96, solver="rk4")
     assert 0.05 < np.abs(ref).max() < 0.9
-    err = {k: np.sqrt(np.mean((draw(**kw) - ref) ** 2)) for k, kw in [
-        ("heun6", dict(num_steps=6, solver="heun")), ("heun12", dict(num_steps=12, solver="heun")),
-        ("adaptive", dict(rtol=1e-2, atol=1e-2))]}
+    err = {
+        k: np.sqrt(np.mean((draw(**kw) - ref) ** 2))
+        for k, kw in [
+            ("heun6", dict(num_steps=6, solver="heun")),
+            ("heun12", dict(num_steps=12, solver="heun")),
+            ("adaptive", dict(rtol=1e-2, atol=1e-2)),
+        ]
+    }
     assert err["heun12"] < err["heun6"] / 4 and err["heun12"] < 0.02, err
     assert err["adaptive"] < 2e-3, err
 
@@ -410,8 +436,10 @@ def test_block_solver_settings_no_model_could_use_are_one_line_errors():
     with pytest.raises(ValueError, match="cU-Nets only"):
         build_denoiser(c.model, block_solver="rk4", block_steps=2)
     c, model, schedule, _ = _tiny_sampling("cunet")
-    for fields, message in [(dict(block_solver="rk5"), "sampling.block_solver='rk5' is not one of"),
-                            (dict(block_steps=-1), "sampling.block_steps=-1 must be")]:
+    for fields, message in [
+        (dict(block_solver="rk5"), "sampling.block_solver='rk5' is not one of"),
+        (dict(block_steps=-1), "sampling.block_steps=-1 must be"),
+    ]:
         with pytest.raises(ConfigError, match=message):
             make_sample_fn(model, schedule, with_sampling(c, **fields), 4)
     c.model.cunet.update(solver="tsit5", ode_steps=0, ode_mode="diffeqsolve")

@@ -12,9 +12,7 @@ def test_linear_alpha_bar_matches_closed_form():
     closed = np.cumprod(1.0 - betas)
     np.testing.assert_allclose(np.asarray(s.alphas_cumprod, np.float64), closed, atol=1e-6, rtol=0)
     # The published values (DDPM, and diffusers' DDPMScheduler with the same betas).
-    np.testing.assert_allclose(
-        np.asarray(s.alphas_cumprod)[[0, 499, 999]], [0.9999, 0.0785872, 4.03583e-05], rtol=1e-5
-    )
+    np.testing.assert_allclose(np.asarray(s.alphas_cumprod)[[0, 499, 999]], [0.9999, 0.0785872, 4.03583e-05], rtol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["linear", "cosine", "sigmoid"])

@@ -16,13 +16,25 @@ def _record(unet_fds, cunet_fds, steps=(500, 1000)):
     runs = {}
     for model, finals in (("unet", unet_fds), ("cunet_rk4", cunet_fds)):
         for seed, final in enumerate(finals):
-            evals = [{"step": s, "train_seconds": 10.0 * s, "fd": final * (2.0 if s < steps[-1] else 1.0),
-                      **{k: 0.5 for k in cr.SCORES if k != "fd"}} for s in steps]
+            evals = [
+                {
+                    "step": s,
+                    "train_seconds": 10.0 * s,
+                    "fd": final * (2.0 if s < steps[-1] else 1.0),
+                    **{k: 0.5 for k in cr.SCORES if k != "fd"},
+                }
+                for s in steps
+            ]
             runs[f"{model}_s{seed}"] = {"model": model, "seed": seed, "lr": 1e-3, "params": 10, "evals": evals}
     floor = {"num": 1000, **{k: [1.0, 2.0, 3.0] for k in cr.SCORES}}
-    return {"protocol": {"image_size": 16, "batch": 64, "eval_steps": 25}, "floor": floor, "runs": runs,
-            "main_runs": sorted(runs), "lr": {"unet": 1e-3, "cunet_rk4": 1e-3},
-            "step_seconds": {"unet": {"median": 4.0}, "cunet_rk4": {"median": 2.0}}}
+    return {
+        "protocol": {"image_size": 16, "batch": 64, "eval_steps": 25},
+        "floor": floor,
+        "runs": runs,
+        "main_runs": sorted(runs),
+        "lr": {"unet": 1e-3, "cunet_rk4": 1e-3},
+        "step_seconds": {"unet": {"median": 4.0}, "cunet_rk4": {"median": 2.0}},
+    }
 
 
 def _args(tmp_path, **kw) -> argparse.Namespace:
@@ -30,13 +42,26 @@ def _args(tmp_path, **kw) -> argparse.Namespace:
     rng = np.random.default_rng(0)
     write_idx(tmp_path / "t10k-images-idx3-ubyte", rng.integers(0, 256, (40, 28, 28)).astype(np.uint8), False)
     write_idx(tmp_path / "t10k-labels-idx1-ubyte", rng.integers(0, 10, 40).astype(np.uint8), False)
-    return argparse.Namespace(**{**tc.PRESETS["cpu"], "data": str(tmp_path), "image_size": 8, "batch": 4,
-                                 "cunet_ch_mult": "2,4", "cunet_attn": "", "decay_steps": 0, "ema": 0.999,
-                                 "steps": 10, "eval_steps": 2, **kw})
+    return argparse.Namespace(
+        **{
+            **tc.PRESETS["cpu"],
+            "data": str(tmp_path),
+            "image_size": 8,
+            "batch": 4,
+            "cunet_ch_mult": "2,4",
+            "cunet_attn": "",
+            "decay_steps": 0,
+            "ema": 0.999,
+            "steps": 10,
+            "eval_steps": 2,
+            **kw,
+        }
+    )
 
 
 def test_the_runs_of_a_model_share_one_compiled_step_and_each_keeps_its_rate_and_seed(tmp_path):
-    from odediff import data as data_lib, parallel
+    from odediff import data as data_lib
+    from odediff import parallel
 
     a = _args(tmp_path)
     mesh, record = parallel.make_mesh(), {}
@@ -69,7 +94,9 @@ def test_a_seed_added_on_its_own_joins_the_scored_seeds_and_a_run_without_its_ch
     assert tc.main_runs(record, ["cunet_rk4_s2"], {"cunet_rk4": 2e-3}) == ["cunet_rk4_s2"]  # the rate moved
 
     a = _args(tmp_path, runs_dir=str(tmp_path / "empty"))
-    runs = {"cunet_heun_lr0.001_s0": {"model": "cunet_heun", "lr": 1e-3, "seed": 0, "evals": [{"step": 500, "fd": 9.0}]}}
+    runs = {
+        "cunet_heun_lr0.001_s0": {"model": "cunet_heun", "lr": 1e-3, "seed": 0, "evals": [{"step": 500, "fd": 9.0}]}
+    }
     with pytest.raises(SystemExit) as e:
         tc.Run(a, "cunet_heun", 1e-3, 0, runs, None, {})
     assert e.value.code == 2 and runs["cunet_heun_lr0.001_s0"]["evals"] == [{"step": 500, "fd": 9.0}]
@@ -140,7 +167,10 @@ def test_after_the_decay_starts_equal_time_is_taken_at_its_start():
     record["protocol"]["decay_start"] = 500  # the step-1000 scores are after a decay the U-Net's 500 s lacks
     c = cr.summarize(record)["models"]["cunet_rk4"]
     assert c["equal_seconds_step"] == 500 and c["fd_at_equal_seconds_step_mean"] == 11.0
-    assert c["train_seconds_steps"] == 1000.0 and c["unet_fd_at_equal_seconds"] == [None, None]  # before its first scoring
+    assert c["train_seconds_steps"] == 1000.0 and c["unet_fd_at_equal_seconds"] == [
+        None,
+        None,
+    ]  # before its first scoring
     record["step_seconds"]["cunet_rk4"]["median"] = 4.0  # 2000 s: the U-Net's step 500
     summary = cr.summarize(record)
     assert summary["models"]["cunet_rk4"]["unet_fd_at_equal_seconds_mean"] == 22.0
@@ -163,7 +193,10 @@ def test_under_a_time_budget_each_run_is_scored_where_its_budget_ended():
         record["runs"][n]["evals"].pop()
     step, per_model = cr.final_scores(record)
     assert step == 0
-    assert [r["step"] for r in per_model["unet"]] == [1000, 1000] and [r["fd"] for r in per_model["unet"]] == [20.0, 24.0]
+    assert [r["step"] for r in per_model["unet"]] == [1000, 1000] and [r["fd"] for r in per_model["unet"]] == [
+        20.0,
+        24.0,
+    ]
     assert [r["step"] for r in per_model["cunet_rk4"]] == [1500, 1500]
     summary = cr.summarize(record)
     c = summary["models"]["cunet_rk4"]

@@ -9,9 +9,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from helpers import perturbed, tiny_config
 from odediff import data
 from odediff.config import ConfigError
+from odediff.generation import make_sample_fn, with_sampling
 from odediff.models import build_denoiser
 from odediff.schedule import make_schedule
-from odediff.generation import make_sample_fn, with_sampling
 from odediff.train_state import create_train_state, learning_rate_schedule, make_optimizer
 from odediff.training import ema_decay, make_train_step
 
@@ -323,13 +323,16 @@ def test_saved_configs_are_read_with_renamed_fields_moved_and_new_ones_at_their_
     assert c.model.cunet.stem_norm and not default_config().model.cunet.stem_norm  # what the old run computed
 
 
-@pytest.mark.parametrize("fields, message", [
-    (dict(sampler="ddim", steps=0), "only with sampling.sampler=ode"),
-    (dict(sampler="ode", steps=0, solver="rk4"), "needs a solver with an error estimate"),
-    (dict(sampler="ddim", spacing="logsnr"), "does not suit sampler 'ddim'"),
-    (dict(sampler="dpmpp2m", spacing="trailing"), "does not suit sampler 'dpmpp2m'"),
-    (dict(guidance=-1.0), "must not be negative"),
-])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(sampler="ddim", steps=0), "only with sampling.sampler=ode"),
+        (dict(sampler="ode", steps=0, solver="rk4"), "needs a solver with an error estimate"),
+        (dict(sampler="ddim", spacing="logsnr"), "does not suit sampler 'ddim'"),
+        (dict(sampler="dpmpp2m", spacing="trailing"), "does not suit sampler 'dpmpp2m'"),
+        (dict(guidance=-1.0), "must not be negative"),
+    ],
+)
 def test_sampling_blocks_no_sampler_could_use_are_refused(fields, message):
     from odediff.config import check_sampling, default_config
 

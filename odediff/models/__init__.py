@@ -3,14 +3,19 @@
 import ml_collections
 
 from odediff.models.cunet import ODE_CONFIG_FIELDS, CUNet
-from odediff.models.ode import SOLVERS, RK4, ODESettings, solve
+from odediff.models.ode import RK4, SOLVERS, ODESettings, solve
 from odediff.models.unet import UNet
 
 DENOISERS = {"cunet": CUNet, "unet": UNet}
 
 
-def build_denoiser(model_config: ml_collections.ConfigDict, out_channels: int | None = None, *,
-                   block_solver: str = "", block_steps: int = 0):
+def build_denoiser(
+    model_config: ml_collections.ConfigDict,
+    out_channels: int | None = None,
+    *,
+    block_solver: str = "",
+    block_steps: int = 0,
+):
     """The module named by `model_config.name`, built from its sub-config.
 
     Call it as `apply({"params": p}, x, t)` with x (B, H, W, C) float32 and t (B,)
@@ -24,8 +29,9 @@ def build_denoiser(model_config: ml_collections.ConfigDict, out_channels: int | 
         raise ValueError(f"unknown model.name {name!r}: use one of {sorted(DENOISERS)}")
     fields = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in model_config[name].items()}
     if name == "cunet":
-        fields["ode"] = ODESettings(**{ODE_CONFIG_FIELDS[k]: fields.pop(k) for k in list(fields)
-                                       if k in ODE_CONFIG_FIELDS})
+        fields["ode"] = ODESettings(
+            **{ODE_CONFIG_FIELDS[k]: fields.pop(k) for k in list(fields) if k in ODE_CONFIG_FIELDS}
+        )
     model = DENOISERS[name](out_channels=out_channels, num_classes=model_config.get("num_classes", 0), **fields)
     return with_block_solver(model, block_solver, block_steps)
 
@@ -38,8 +44,10 @@ def with_block_solver(model, solver: str = "", steps: int = 0):
     if not solver and not steps:
         return model
     if not isinstance(model, CUNet):
-        raise ValueError(f"block_solver={solver!r}, block_steps={steps!r}: these solve the ODE blocks of "
-                         f"cU-Nets only, and this model is a {type(model).__name__}; leave them unset")
+        raise ValueError(
+            f"block_solver={solver!r}, block_steps={steps!r}: these solve the ODE blocks of "
+            f"cU-Nets only, and this model is a {type(model).__name__}; leave them unset"
+        )
     ode = model.ode.replace(solver=solver or model.ode.solver, steps=steps or model.ode.steps)
     return model.clone(parent=None, ode=ode)
 
@@ -50,5 +58,15 @@ def num_downsamples(model_config: ml_collections.ConfigDict) -> int:
     return n if model_config.name == "cunet" else n - 1
 
 
-__all__ = ["CUNet", "UNet", "RK4", "SOLVERS", "DENOISERS", "ODESettings", "build_denoiser", "num_downsamples",
-           "solve", "with_block_solver"]
+__all__ = [
+    "CUNet",
+    "UNet",
+    "RK4",
+    "SOLVERS",
+    "DENOISERS",
+    "ODESettings",
+    "build_denoiser",
+    "num_downsamples",
+    "solve",
+    "with_block_solver",
+]

@@ -1,6 +1,6 @@
 """The continuous U-Net of Calvo-Ordonez et al.: an ODE block per level, every one time-conditioned."""
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -11,8 +11,14 @@ from odediff.models.ode import ODEBlock, ODESettings
 
 # config.model.cunet's names for the ODESettings fields.
 ODE_CONFIG_FIELDS = {
-    "solver": "solver", "ode_steps": "steps", "ode_mode": "mode", "rtol": "rtol", "atol": "atol",
-    "adjoint": "adjoint", "max_ode_steps": "max_steps", "remat": "remat",
+    "solver": "solver",
+    "ode_steps": "steps",
+    "ode_mode": "mode",
+    "rtol": "rtol",
+    "atol": "atol",
+    "adjoint": "adjoint",
+    "max_ode_steps": "max_steps",
+    "remat": "remat",
 }
 
 

@@ -123,9 +123,7 @@ class SelfAttention(nn.Module):
         b, h, w, c = x.shape
         y = nn.RMSNorm()(x) if self.norm == "rms" else GroupNorm(num_groups=math.gcd(32, c))(x)
         y = y.reshape(b, h * w, c)
-        q, k, v = (
-            nn.DenseGeneral((self.num_heads, self.head_dim), name=n)(y) for n in ("q", "k", "v")
-        )
+        q, k, v = (nn.DenseGeneral((self.num_heads, self.head_dim), name=n)(y) for n in ("q", "k", "v"))
         y = nn.dot_product_attention(q, k, v)
         y = nn.DenseGeneral(c, axis=(-2, -1), kernel_init=nn.initializers.zeros, name="out")(y)
         return x + y.reshape(b, h, w, c)

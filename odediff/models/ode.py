@@ -1,7 +1,7 @@
 """The ODE block of the continuous U-Net: a vector field solved with diffrax."""
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import diffrax
 import flax.linen as nn
@@ -111,7 +111,13 @@ def solve(
     else:
         controller, dt0 = diffrax.ConstantStepSize(), 1.0 / num_steps
     sol = diffrax.diffeqsolve(
-        term, impl, 0.0, 1.0, dt0, y0, args,
+        term,
+        impl,
+        0.0,
+        1.0,
+        dt0,
+        y0,
+        args,
         stepsize_controller=controller,
         adjoint=ADJOINTS[settings.adjoint](),
         max_steps=max(settings.max_steps, num_steps),

@@ -1,7 +1,7 @@
 """The DDPM U-Net of Ho et al. 2020, as in the original release."""
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -74,9 +74,7 @@ class UNet(nn.Module):
         h = ResBlock_(h.shape[-1], self.dropout)(h, temb, train)
         for level, mult in reversed(list(enumerate(self.ch_mult))):
             for _ in range(self.num_res_blocks + 1):
-                h = ResBlock_(self.ch * mult, self.dropout)(
-                    jnp.concatenate([h, hs.pop()], axis=-1), temb, train
-                )
+                h = ResBlock_(self.ch * mult, self.dropout)(jnp.concatenate([h, hs.pop()], axis=-1), temb, train)
                 if h.shape[1] in self.attn_resolutions:
                     h = _attention(h)
             if level != 0:
