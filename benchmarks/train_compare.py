@@ -59,6 +59,7 @@ PRESETS = {
         unet_ch=32,
         unet_ch_mult="1,2,2,2",
         unet_attn="8",
+        unet_norm_groups=0,
     ),
     "gpu": dict(
         image_size=32,
@@ -69,6 +70,7 @@ PRESETS = {
         unet_ch=64,
         unet_ch_mult="1,2,2",
         unet_attn="16",
+        unet_norm_groups=0,
     ),
 }
 # Settings that define the experiment: a results JSON only continues with the same ones.
@@ -88,10 +90,13 @@ PROTOCOL = (
     "unet_ch",
     "unet_ch_mult",
     "unet_attn",
+    "unet_norm_groups",
     "time_budget",
     "decay_steps",
     "decay_start",
 )
+# Settings added since some records began, at the value those records ran with.
+OLD_PROTOCOL_VALUES = {"unet_norm_groups": 32}
 SAMPLE_SEED = 1234
 
 
@@ -112,7 +117,7 @@ def extends_grid(old: str, new: str) -> bool:
 def protocol_change(record: dict, protocol: dict) -> str:
     """What continuing `record` with `protocol` changes: "" for nothing, a note for a wider
     learning-rate grid; ValueError for any other difference."""
-    old = record["protocol"]
+    old = {**OLD_PROTOCOL_VALUES, **record["protocol"]}
     diff = [k for k in PROTOCOL if old.get(k) != protocol[k]]
     if not diff:
         return ""
@@ -156,6 +161,7 @@ def make_config(a: argparse.Namespace, model: str, lr: float, seed: int) -> ml_c
         ints(a.unet_ch_mult),
         ints(a.unet_attn),
     )
+    c.model.unet.norm_groups = a.unet_norm_groups
     c.training.batch_size = a.batch
     c.training.learning_rate = lr
     c.training.lr_schedule = "wsd" if a.decay_steps else "constant"

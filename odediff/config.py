@@ -55,6 +55,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.unet.attn_resolutions = ()
     c.model.unet.dropout = 0.0
     c.model.unet.remat = False  # recompute each residual block in the backward pass (less memory)
+    # group-norm groups: 0 = at most 32 of at least 4 channels; N = gcd(N, channels) (32: Ho et al.'s
+    # rule at every width, which runs before this field existed used; below ch 128 it erases the timestep)
+    c.model.unet.norm_groups = 0
 
     c.diffusion = ml_collections.ConfigDict()
     c.diffusion.num_timesteps = 1000
@@ -105,7 +108,7 @@ def default_config() -> ml_collections.ConfigDict:
 RENAMED = {"sampling.num_steps": "sampling.steps"}
 # Fields added with a default that changes what older runs computed: a saved config
 # without the field gets the value those runs had.
-ADDED_WITH_OLD_VALUE = {"model.cunet.stem_norm": True}
+ADDED_WITH_OLD_VALUE = {"model.cunet.stem_norm": True, "model.unet.norm_groups": 32}
 
 
 def complete_config(saved: Mapping[str, Any]) -> ml_collections.ConfigDict:

@@ -2,6 +2,7 @@
 initialises."""
 
 import os
+import shutil
 
 # Compile-light: LLVM's optimisations cost more compile time than these tiny programs run for.
 LIGHT_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
@@ -13,7 +14,11 @@ jax.config.update("jax_num_cpu_devices", 4)
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
+
+from helpers import N, steps_on_disk, train_in_process  # noqa: E402
 
 pytest_plugins = ["pytester", "suite_budget"]
 
@@ -36,3 +41,20 @@ def _compilation_cache(tmp_path_factory):
             mp.setenv(name.upper(), str(value))
             jax.config.update(name, value)
         yield
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory) -> Path:
+    """An uninterrupted run of N steps."""
+    workdir = tmp_path_factory.mktemp("reference") / "run"
+    train_in_process(workdir)
+    assert steps_on_disk(workdir)[-1] == N
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def existing(reference, tmp_path_factory) -> Path:
+    """A copy of a finished run, which failed commands must leave as it is."""
+    workdir = tmp_path_factory.mktemp("existing") / "run"
+    shutil.copytree(reference, workdir)
+    return workdir

@@ -1,5 +1,7 @@
-"""Tiny settings that keep end-to-end tests fast on 2 CPU cores."""
+"""What the tests share: tiny settings that keep end-to-end tests fast on 2 CPU cores, the
+subprocess environment, runs and checkpoints on disk, and tree equality."""
 
+import hashlib
 import os
 import re
 import subprocess
@@ -7,7 +9,17 @@ import sys
 from pathlib import Path
 
 import jax
+import ml_collections
+import numpy as np
+import pytest
 from jax.flatten_util import ravel_pytree
+
+from odediff import cli, data, parallel
+from odediff.checkpoint import Checkpointer
+from odediff.generation import restore_run
+from odediff.models import build_denoiser
+from odediff.schedule import make_schedule
+from odediff.train_state import abstract_train_state, create_train_state, make_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,3 +93,70 @@ def perturbed(params, key, scale: float = 0.3):
 def _add_noise(params, key, scale):
     flat, unravel = ravel_pytree(params)
     return unravel(flat + scale * jax.random.normal(key, flat.shape, flat.dtype))
+
+
+def tiny_training(name="cunet"):
+    c = tiny_config(name)
+    model = build_denoiser(c.model)
+    tx = make_optimizer(c.training)
+    schedule = make_schedule(c.diffusion.beta_schedule, c.diffusion.num_timesteps)
+    state = create_train_state(model, tx, c, jax.random.key(0))
+    source = data.load_source(c.data, "train")
+    batch = data.get_batch(source, c.data, c.training.batch_size, c.seed, 0)
+    return c, model, tx, schedule, state, batch
+
+
+def assert_trees_equal(a, b) -> None:
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+N = 16  # steps of every full run: long enough to interrupt while checkpoints land every 2
+
+
+def assert_usage_error(proc: subprocess.CompletedProcess, prog: str, pattern: str) -> None:
+    """Exit code 2 and exactly one line on stderr: '<prog>: error: ...' matching `pattern`."""
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, (proc.returncode, proc.stderr[-3000:])
+    assert lines[0].startswith(f"{prog}: error: ") and re.search(pattern, lines[0]), lines[0]
+
+
+def assert_sample_error(workdir: Path, capsys, pattern: str) -> None:
+    """sample.py's restore, in this process: exit code 2 and one line matching `pattern`."""
+    with pytest.raises(SystemExit) as stop:
+        cli.run_main("sample.py", lambda: restore_run(workdir))
+    proc = subprocess.CompletedProcess([], stop.value.code, "", capsys.readouterr().err)
+    assert_usage_error(proc, "sample.py", pattern)
+
+
+def snapshot(workdir: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(workdir)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(workdir.rglob("*"))
+        if p.is_file()
+    }
+
+
+def steps_on_disk(workdir: Path) -> list[int]:
+    d = workdir / "checkpoints"
+    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
+
+
+def restored_state(workdir: Path, step: int):
+    """The full train state of a checkpoint, restored with its own config."""
+    ckpt = Checkpointer(workdir, read_only=True)
+    config = ml_collections.ConfigDict(ckpt.read_meta(step)["config"])
+    abstract = abstract_train_state(
+        build_denoiser(config.model), make_optimizer(config.training), config, parallel.replicated(parallel.make_mesh())
+    )
+    return ckpt.restore(step, abstract)[0]
+
+
+def train_in_process(workdir: Path, num_steps: int = N, **training) -> None:
+    """train.py's run with ARGS, in this process (4 devices, as every train.py started here)."""
+    from odediff.training import train_and_evaluate
+
+    config = tiny_config()
+    config.training.update(num_steps=num_steps, **training)
+    train_and_evaluate(config, workdir)

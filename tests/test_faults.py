@@ -1,7 +1,6 @@
-"""Fault injection, end to end: kills, preemption, damaged checkpoints, NaNs and bad input."""
+"""Fault injection, end to end: kills, preemption, a full disk, NaNs and bad input."""
 
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -14,87 +13,33 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from helpers import REPO, TINY, run, subprocess_env, tiny_config
-from odediff import cli, parallel
-from odediff.checkpoint import Checkpointer, CheckpointError, FormatError, _disk_full, state_checksum
-from odediff.generation import restore_run
-from odediff.models import build_denoiser
-from odediff.train_state import abstract_train_state, make_optimizer
+from helpers import (
+    REPO,
+    TINY,
+    N,
+    assert_sample_error,
+    assert_trees_equal,
+    assert_usage_error,
+    restored_state,
+    run,
+    snapshot,
+    steps_on_disk,
+    subprocess_env,
+    tiny_config,
+    train_in_process,
+)
+from odediff import cli
+from odediff.checkpoint import Checkpointer, _disk_full
 
-N = 16  # steps of every full run: long enough to interrupt while checkpoints land every 2
 ARGS = [f"--config.training.num_steps={N}", *TINY]
 
 
 def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
-
-
-def _usage_error(proc: subprocess.CompletedProcess, prog: str, pattern: str) -> None:
-    """Exit code 2 and exactly one line on stderr: '<prog>: error: ...' matching `pattern`."""
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1, (proc.returncode, proc.stderr[-3000:])
-    assert lines[0].startswith(f"{prog}: error: ") and re.search(pattern, lines[0]), lines[0]
-
-
-def _sample_error(workdir: Path, capsys, pattern: str) -> None:
-    """sample.py's restore, in this process: exit code 2 and one line matching `pattern`."""
-    with pytest.raises(SystemExit) as stop:
-        cli.run_main("sample.py", lambda: restore_run(workdir))
-    proc = subprocess.CompletedProcess([], stop.value.code, "", capsys.readouterr().err)
-    _usage_error(proc, "sample.py", pattern)
-
-
-def _snapshot(workdir: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(workdir)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(workdir.rglob("*"))
-        if p.is_file()
-    }
-
-
-def _steps_on_disk(workdir: Path) -> list[int]:
-    d = workdir / "checkpoints"
-    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
-
-
-def _state(workdir: Path, step: int):
-    """The full train state of a checkpoint, restored with its own config."""
-    ckpt = Checkpointer(workdir, read_only=True)
-    config = ml_collections.ConfigDict(ckpt.read_meta(step)["config"])
-    abstract = abstract_train_state(
-        build_denoiser(config.model), make_optimizer(config.training), config, parallel.replicated(parallel.make_mesh())
-    )
-    return ckpt.restore(step, abstract)[0]
-
-
-def _assert_bitwise_equal(a, b) -> None:
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
-def _train(workdir: Path, num_steps: int = N, **training) -> None:
-    """train.py's run with ARGS, in this process (4 devices, as every train.py started here)."""
-    from odediff.training import train_and_evaluate
-
-    config = tiny_config()
-    config.training.update(num_steps=num_steps, **training)
-    train_and_evaluate(config, workdir)
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Path:
-    """An uninterrupted run of N steps."""
-    workdir = tmp_path_factory.mktemp("reference") / "run"
-    _train(workdir)
-    assert _steps_on_disk(workdir)[-1] == N
-    return workdir
 
 
 # ---------------------------------------------------------------------------- kills and preemption
@@ -118,7 +63,7 @@ class _Train:
 
     def wait_for_checkpoint_after(self, step: int, timeout: float = 240) -> None:
         deadline = time.time() + timeout
-        while not (_steps_on_disk(self.workdir) and _steps_on_disk(self.workdir)[-1] > step):
+        while not (steps_on_disk(self.workdir) and steps_on_disk(self.workdir)[-1] > step):
             assert self.proc.poll() is None, f"train.py ended early: {self.output()[1][-3000:]}"
             assert time.time() < deadline, "no new checkpoint in time"
             time.sleep(0.02)
@@ -144,7 +89,7 @@ def test_killed_and_preempted_run_resumes_bitwise_equal_to_an_uninterrupted_one(
     killed.wait_for_checkpoint_after(2)
     killed.proc.kill()
     assert killed.finish()[0] == -signal.SIGKILL
-    resumed_from = _steps_on_disk(workdir)[-1]
+    resumed_from = steps_on_disk(workdir)[-1]
     assert 2 < resumed_from < N
 
     # Restarted with the same command, then preempted: SIGTERM saves the current step and exits 0.
@@ -156,13 +101,13 @@ def test_killed_and_preempted_run_resumes_bitwise_equal_to_an_uninterrupted_one(
     stopped = re.search(r"^stopped by SIGTERM at step (\d+): checkpoint saved in (\S+);", out, re.M)
     assert stopped, out
     step = int(stopped[1])
-    assert resumed_from < step < N and _steps_on_disk(workdir)[-1] == step
+    assert resumed_from < step < N and steps_on_disk(workdir)[-1] == step
     assert Path(stopped[2]) == workdir / "checkpoints"
-    _state(workdir, step)  # intact
+    restored_state(workdir, step)  # intact
 
     # Resumed once more, it finishes; every array equals the uninterrupted run's, bit for bit.
-    _train(workdir)
-    _assert_bitwise_equal(_state(workdir, N), _state(reference, N))
+    train_in_process(workdir)
+    assert_trees_equal(restored_state(workdir, N), restored_state(reference, N))
 
 
 def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_with_one_checkpoint(reference, tmp_path):
@@ -196,156 +141,18 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_with_one_checkpo
         assert stopped, out
         steps.append(int(stopped[1]))
     assert steps[0] == steps[1] and 2 < steps[0] < N, steps
-    assert _steps_on_disk(tmp_path / "run")[-1] == steps[0]
-    _state(tmp_path / "run", steps[0])  # intact
+    assert steps_on_disk(tmp_path / "run")[-1] == steps[0]
+    restored_state(tmp_path / "run", steps[0])  # intact
 
     # resumed by one process, it finishes like the uninterrupted run
-    _train(tmp_path / "run")
-    for x, y in zip(jax.tree.leaves(_state(tmp_path / "run", N)), jax.tree.leaves(_state(reference, N))):
+    train_in_process(tmp_path / "run")
+    for x, y in zip(
+        jax.tree.leaves(restored_state(tmp_path / "run", N)), jax.tree.leaves(restored_state(reference, N))
+    ):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------- damaged checkpoints
-
-
-def _truncate_array_files(step_dir: Path) -> None:
-    """Cuts every array data file to 100 bytes: the EMA params sampling reads among them."""
-    files = [p for p in (step_dir / "state").rglob("*") if p.parent.name == "d" and p.is_file()]
-    assert files
-    for path in files:
-        os.truncate(path, 100)
-
-
-def _alter_an_array(step_dir: Path) -> None:
-    """Rewrites one array in place with other, well-formed values: damage that reads fine."""
-    import tensorstore as ts
-
-    kvstore = {"driver": "ocdbt", "base": f"file://{step_dir}/state/", "path": "ema_params.Conv_0.bias/"}
-    array = ts.open({"driver": "zarr", "kvstore": kvstore}).result()
-    array.write(array.read().result() + np.float32(1)).result()
-
-
-DAMAGE = {  # what a crash, a full disk or a bad copy leaves behind in a step directory
-    "no commit marker": (lambda d: (d / "commit_success.txt").unlink(), r"no commit_success.txt"),
-    "truncated array files": (_truncate_array_files, r"files cannot be read"),
-    "altered array": (_alter_an_array, r"differ from the checksum"),
-    "no array metadata": (lambda d: (d / "state" / "_METADATA").unlink(), r"files cannot be read"),
-    "no state": (lambda d: shutil.rmtree(d / "state"), r"files cannot be read"),
-    "empty": (lambda d: [shutil.rmtree(d), d.mkdir()], r"no commit_success.txt"),
-}
-
-
-@pytest.mark.parametrize("damage", DAMAGE)
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax's reads left behind
-def test_a_damaged_newest_step_is_named_and_skipped(reference, tmp_path, damage, caplog):
-    workdir = tmp_path / "run"
-    shutil.copytree(reference, workdir)
-    damage_fn, reason = DAMAGE[damage]
-    damage_fn(workdir / "checkpoints" / str(N))
-    # sample.py's restore refuses it, saying which step and why.
-    with pytest.raises(CheckpointError, match=rf"checkpoint step {N} in .* is unusable: .*{reason}"):
-        restore_run(workdir)
-    # Training's restore falls back to the newest intact step and moves the bad one aside.
-    abstract = abstract_train_state(
-        build_denoiser(tiny_config().model),
-        make_optimizer(tiny_config().training),
-        tiny_config(),
-        parallel.replicated(parallel.make_mesh()),
-    )
-    with caplog.at_level(logging.WARNING, logger="odediff.checkpoint"):
-        step, _, _ = Checkpointer(workdir).restore_latest(abstract)
-    assert step == N - 2
-    assert re.search(rf"checkpoint step {N} in .* is unusable \(.*{reason}", caplog.text), caplog.text
-    assert Checkpointer(workdir).steps()[-1] == N - 2 == _steps_on_disk(workdir)[-1]
-    assert list((workdir / "checkpoints").glob(f"{N}.unusable-*"))  # kept for inspection
-
-
-def test_a_half_written_step_is_ignored_and_removed(reference, tmp_path, caplog):
-    workdir = tmp_path / "run"
-    shutil.copytree(reference, workdir)
-    unfinished = workdir / "checkpoints" / f"{N}.orbax-checkpoint-tmp"  # how orbax leaves a save cut short
-    (workdir / "checkpoints" / str(N)).rename(unfinished)
-    assert restore_run(workdir)[2] == N - 2
-    with caplog.at_level(logging.WARNING, logger="odediff.checkpoint"):
-        ckpt = Checkpointer(workdir)
-    assert ckpt.steps()[-1] == N - 2
-    ckpt.close()
-    assert f"removing {unfinished}: a save that never finished" in caplog.text
-    assert not unfinished.exists()
-
-
-def test_restore_run_reads_the_ema_params_alone_and_older_checkpoints_whole(reference, tmp_path, monkeypatch):
-    import odediff.generation
-
-    ema = _state(reference, N).ema_params
-    with monkeypatch.context() as m:
-        m.setattr(odediff.generation, "make_optimizer", lambda *a, **k: pytest.fail("an optimizer was built"))
-        config, params, step = restore_run(reference)
-    assert step == N and config.model.cunet.nf == 4
-    _assert_bitwise_equal(params, ema)
-
-    # a checkpoint saved before the EMA params had a checksum of their own: restored whole, as before
-    workdir = tmp_path / "run"
-    shutil.copytree(reference, workdir)
-    meta = workdir / "checkpoints" / str(N) / "meta" / "metadata"
-    record = json.loads(meta.read_text())
-    del record["ema_params_checksum"]
-    meta.write_text(json.dumps(record))
-    _assert_bitwise_equal(restore_run(workdir)[1], ema)
-
-
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax's reads left behind
-def test_cli_reports_a_damaged_checkpoint_and_training_resumes_before_it(reference, tmp_path, caplog):
-    workdir = tmp_path / "run"
-    shutil.copytree(reference, workdir)
-    _truncate_array_files(workdir / "checkpoints" / str(N))
-    before = _snapshot(workdir)
-    _usage_error(
-        run("sample.py", f"--workdir={workdir}", "--num=2"),
-        "sample.py",
-        rf"checkpoint step {N} in \S+ is unusable: its files cannot be read \(.*\)",
-    )
-    assert _snapshot(workdir) == before
-
-    with caplog.at_level(logging.WARNING, logger="odediff.checkpoint"):
-        _train(workdir)
-    assert re.search(rf"checkpoint step {N} in \S+ is unusable \(its files cannot be read", caplog.text)
-    _assert_bitwise_equal(_state(workdir, N), _state(reference, N))
-
-
-def test_only_the_aftermath_of_a_failed_read_is_silenced(monkeypatch):
-    """A failed restore leaves tensorstore callbacks on a closed event loop and orbax read
-    coroutines with unretrieved errors; those tracebacks are dropped, nothing else is."""
-    from types import SimpleNamespace
-
-    from odediff.checkpoint import _drop_failed_io_aftermath
-
-    def coroutine_from(path):
-        scope = {}
-        exec(compile("async def read():\n    pass", path, "exec"), scope)
-        return scope["read"]()
-
-    seen = []
-    monkeypatch.setattr(sys, "unraisablehook", seen.append)
-    _drop_failed_io_aftermath()
-    _drop_failed_io_aftermath()  # idempotent: one filter, not two
-    orbax_read = coroutine_from(os.path.join("site-packages", "orbax", "checkpoint", "serialization.py"))
-    other = coroutine_from(os.path.join("site-packages", "mylib", "io.py"))
-    try:
-        dropped = [
-            SimpleNamespace(exc_value=RuntimeError("Event loop is closed"), object=None),
-            SimpleNamespace(exc_value=Exception("Encountered error while reading"), object=orbax_read),
-        ]
-        kept = [
-            SimpleNamespace(exc_value=RuntimeError("something else"), object=None),
-            SimpleNamespace(exc_value=Exception("Encountered error while reading"), object=other),
-        ]
-        for u in dropped + kept:
-            sys.unraisablehook(u)
-    finally:
-        orbax_read.close()
-        other.close()
-    assert seen == kept
 
 
 # ---------------------------------------------------------------------------- a full disk
@@ -414,7 +221,7 @@ def test_a_disk_that_fills_up_during_a_save_is_one_line_and_exit_3_and_the_check
     ), lines[0]
     assert "an error of something else" in caplog.text and "No space left" not in caplog.text
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2"]  # the unfinished save is gone
-    assert int(_state(workdir, 2).step) == 2  # intact: restored with its checksum
+    assert int(restored_state(workdir, 2).step) == 2  # intact: restored with its checksum
 
 
 # ---------------------------------------------------------------------------- NaN and inf
@@ -446,9 +253,9 @@ def _train_main(workdir: Path, **training) -> None:
 
 
 def _all_checkpoints_finite(workdir: Path) -> list[int]:
-    steps = _steps_on_disk(workdir)
+    steps = steps_on_disk(workdir)
     for step in steps:
-        for leaf in jax.tree.leaves(_state(workdir, step)):
+        for leaf in jax.tree.leaves(restored_state(workdir, step)):
             assert np.isfinite(np.asarray(leaf)).all(), step
     return steps
 
@@ -474,26 +281,18 @@ def test_nonfinite_skip_finishes_and_sigint_saves_a_checkpoint(tmp_path, monkeyp
     assert _all_checkpoints_finite(workdir) == [2, 4, 5]
     _train_main(workdir, nonfinite="skip")  # resumes at 5 and finishes
     assert _all_checkpoints_finite(workdir) == [12, 14, N]
-    state = _state(workdir, N)
+    state = restored_state(workdir, N)
     assert int(state.first_nonfinite) == 1 and int(state.num_nonfinite) == 1
 
 
 # ---------------------------------------------------------------------------- bad input
 
 
-@pytest.fixture(scope="module")
-def existing(reference, tmp_path_factory) -> Path:
-    """A copy of a finished run, which failed commands must leave as it is."""
-    workdir = tmp_path_factory.mktemp("existing") / "run"
-    shutil.copytree(reference, workdir)
-    return workdir
-
-
 def test_a_bad_flag_is_one_line_and_exit_2_from_the_command_line(existing):
-    before = _snapshot(existing)
+    before = snapshot(existing)
     proc = run("train.py", f"--workdir={existing}", *ARGS, "--config.training.batch_size=abc")
-    _usage_error(proc, "train.py", r"--config.training.batch_size=abc: invalid literal for int")
-    assert _snapshot(existing) == before
+    assert_usage_error(proc, "train.py", r"--config.training.batch_size=abc: invalid literal for int")
+    assert snapshot(existing) == before
 
 
 def test_an_unknown_config_file_is_one_line_listing_the_shipped_ones(capsys):
@@ -536,13 +335,13 @@ def test_bad_train_input_is_one_line_and_changes_nothing(existing, tmp_path, cas
     for key, value in fields.items():
         group, _, name = key.rpartition(".")
         config[group][name] = value.format(empty=tmp_path) if isinstance(value, str) else value
-    before = _snapshot(existing)
+    before = snapshot(existing)
     with pytest.raises(SystemExit) as stop:
         cli.run_main("train.py", lambda: train_and_evaluate(config, str(existing)))
     lines = [line for line in capsys.readouterr().err.splitlines() if line]
     assert stop.value.code == 2 and len(lines) == 1, lines
     assert lines[0].startswith("train.py: error: ") and re.search(pattern, lines[0]), lines[0]
-    assert _snapshot(existing) == before
+    assert snapshot(existing) == before
     assert not list(tmp_path.iterdir())  # not even the empty tfds data_dir was written to
 
 
@@ -551,13 +350,13 @@ def test_allow_config_change_continues_the_run(existing, tmp_path):
 
     workdir = tmp_path / "run"
     shutil.copytree(existing, workdir)
-    before = _state(workdir, N)
+    before = restored_state(workdir, N)
     config = tiny_config()
     config.training.update(num_steps=N + 2, learning_rate=0.01)
     train_and_evaluate(config, workdir, allow_config_change=True)
     assert json.loads((workdir / "config.json").read_text())["training"]["learning_rate"] == 0.01
-    assert _steps_on_disk(workdir)[-1] == N + 2
-    after = _state(workdir, N + 2)
+    assert steps_on_disk(workdir)[-1] == N + 2
+    after = restored_state(workdir, N + 2)
     assert int(after.step) == N + 2 and not np.array_equal(
         np.asarray(jax.tree.leaves(after.params)[0]), np.asarray(jax.tree.leaves(before.params)[0])
     )
@@ -567,53 +366,9 @@ def test_allow_config_change_continues_the_run(existing, tmp_path):
 
 def test_sample_without_checkpoints_or_workdir(tmp_path, capsys):
     (tmp_path / "config.json").write_text("{}")
-    _sample_error(tmp_path, capsys, rf"{tmp_path} has no checkpoints/ folder: train first")
-    _usage_error(run("sample.py", "--num=2"), "sample.py", r"--workdir must have a value other than None")
+    assert_sample_error(tmp_path, capsys, rf"{tmp_path} has no checkpoints/ folder: train first")
+    assert_usage_error(run("sample.py", "--num=2"), "sample.py", r"--workdir must have a value other than None")
     assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
-
-
-def test_sample_refuses_params_that_do_not_fit_the_saved_config(existing, tmp_path, capsys):
-    workdir = tmp_path / "run"
-    shutil.copytree(existing, workdir)
-    meta = workdir / "checkpoints" / str(N) / "meta" / "metadata"
-    record = json.loads(meta.read_text())
-    record["config"]["model"]["cunet"]["nf"] = 8
-    meta.write_text(json.dumps(record))
-    before = _snapshot(workdir)
-    _sample_error(
-        workdir,
-        capsys,
-        rf"checkpoint step {N} in \S+ is unusable: its params do not fit the model its "
-        r"config builds \(Conv_0.bias is \(4,\) on disk but \(8,\) in the model\)",
-    )
-    assert _snapshot(workdir) == before
-
-
-@pytest.mark.parametrize(
-    "version,pattern",
-    [
-        (0, r"has checkpoint format 0, and this odediff reads format 1: .* train a new run"),
-        (7, r"has checkpoint format 7, newer than this odediff's 1: upgrade odediff"),
-    ],
-)
-def test_checkpoints_of_another_format_are_refused_and_left_alone(existing, tmp_path, version, pattern, capsys):
-    workdir = tmp_path / "run"
-    shutil.copytree(existing, workdir)
-    meta = workdir / "checkpoints" / str(N) / "meta" / "metadata"
-    record = json.loads(meta.read_text())
-    record["format_version"] = version
-    meta.write_text(json.dumps(record))
-    before = _snapshot(workdir)
-    _sample_error(workdir, capsys, pattern)
-    ckpt = Checkpointer(workdir)  # resuming training: refused, not skipped as damaged
-    config = ml_collections.ConfigDict(record["config"])
-    abstract = abstract_train_state(
-        build_denoiser(config.model), make_optimizer(config.training), config, parallel.replicated(parallel.make_mesh())
-    )
-    with pytest.raises(FormatError, match=pattern):
-        ckpt.restore_latest(abstract)
-    ckpt.close()
-    assert _snapshot(workdir) == before
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "wsd"])
@@ -637,24 +392,3 @@ def test_a_decaying_run_resumes_only_with_the_num_steps_it_started_with(tmp_path
     (tmp_path / "config.json").write_text(config_to_json(config))
     config.training.num_steps = 300
     check_workdir_config(tmp_path, config, allow_config_change=False)
-
-
-def test_the_state_checksum_sees_any_changed_word_and_not_the_sharding():
-    mesh = parallel.make_mesh()
-    state = {
-        "w": jnp.arange(64, dtype=jnp.float32).reshape(8, 8),
-        "n": jnp.int32(3),
-        "key": jax.random.key(1),
-        "h": jnp.ones(4, jnp.bfloat16),
-    }
-    value = int(state_checksum(state))
-    sharded = {**state, "w": jax.device_put(state["w"], parallel.batch_sharded(mesh))}
-    assert int(state_checksum(sharded)) == value
-    for changed in (
-        {**state, "w": state["w"].at[5, 2].set(np.nextafter(np.float32(42), np.float32(43)))},
-        {**state, "w": state["w"].T},
-        {**state, "n": jnp.int32(4)},
-        {**state, "h": state["h"].at[0].set(2)},
-        {**state, "key": jax.random.key(2)},
-    ):
-        assert int(state_checksum(changed)) != value

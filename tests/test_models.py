@@ -65,8 +65,8 @@ def _tiny(name: str, **cunet):
     c = default_config()
     c.data.image_size = 8
     c.model.name = name
-    c.model.cunet.update(nf=4, ch_mult=(1, 2), time_embed_dim=8, num_heads=2, head_dim=4, **cunet)
-    c.model.unet.update(ch=32, ch_mult=(1, 2), num_res_blocks=1)
+    c.model.cunet.update(nf=4, ch_mult=(1,), time_embed_dim=8, num_heads=2, head_dim=4, **cunet)
+    c.model.unet.update(ch=16, ch_mult=(1,), num_res_blocks=1)
     return c
 
 
@@ -88,6 +88,22 @@ def test_both_denoisers_share_one_interface_and_depend_on_t(name):
     assert out_a.shape == x.shape and out_a.dtype == jnp.float32
     assert bool(jnp.all(jnp.isfinite(out_a)))
     assert float(jnp.max(jnp.abs(out_a - out_b))) > 1e-3 * float(jnp.max(jnp.abs(out_a)))
+
+
+def test_a_unet_group_of_one_channel_would_erase_the_timestep_its_blocks_add():
+    # at ch 16, 32 groups (gcd 16) normalise each channel alone: the embedding added per channel is
+    # subtracted again with the mean, and the output no longer depends on t; the default keeps 4 a group
+    c = _tiny("unet")
+    outputs = {}
+    for groups in (32, 0):
+        c.model.unet.norm_groups = groups
+        model = build_denoiser(c.model)
+        params = perturbed(_init(model, c), jax.random.key(1))
+        x = jax.random.normal(jax.random.key(2), (2, 8, 8, 1))
+        apply = jax.jit(lambda p, t, model=model: model.apply({"params": p}, x, t))
+        a, b = apply(params, jnp.array([3, 3])), apply(params, jnp.array([900, 900]))
+        outputs[groups] = float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(a)))
+    assert outputs[32] < 1e-5 and outputs[0] > 1e-3, outputs
 
 
 def test_every_cunet_ode_block_is_time_conditioned():
@@ -169,7 +185,7 @@ def test_cunet_instance_norm_normalises_per_channel_where_group_norm_pools_chann
     assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, _init(instance, c))
     x = jax.random.normal(jax.random.key(2), (2, 8, 8, 1))
     t = jnp.array([3, 700], jnp.int32)
-    a, b = group.apply({"params": params}, x, t), instance.apply({"params": params}, x, t)
+    a, b = (jax.jit(m.apply)({"params": params}, x, t) for m in (group, instance))
     assert np.isfinite(a).all() and np.isfinite(b).all() and float(jnp.max(jnp.abs(a - b))) > 1e-3
     from odediff.models.layers import make_norm
 
@@ -272,4 +288,4 @@ def test_bfloat16_params_and_input_keep_every_activation_in_bfloat16(name):
     params = jax.tree.map(lambda a: a.astype(jnp.bfloat16), perturbed(_init(model, c), jax.random.key(1)))
     x = jax.random.normal(jax.random.key(2), (2, 8, 8, 1), jnp.bfloat16)
     # float32 anywhere on the way would promote everything after it, the output included
-    assert model.apply({"params": params}, x, jnp.array([5, 40]), jnp.array([0, 2])).dtype == jnp.bfloat16
+    assert jax.jit(model.apply)({"params": params}, x, jnp.array([5, 40]), jnp.array([0, 2])).dtype == jnp.bfloat16

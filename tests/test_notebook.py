@@ -27,15 +27,3 @@ def test_quickstart_notebook_executes(tmp_path):
     client.execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {}) for o in outputs)
-
-
-def test_writing_a_loss_curve_leaves_the_matplotlib_backend_alone(tmp_path):
-    import subprocess
-    import sys
-
-    code = (
-        "import matplotlib; matplotlib.use('svg'); from odediff import images; "
-        "images.save_curves({'loss': ([1, 2], [1.0, 0.5])}, 'c.png'); print(matplotlib.get_backend())"
-    )
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "svg" and (tmp_path / "c.png").stat().st_size > 0

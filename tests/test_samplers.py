@@ -19,6 +19,7 @@ import pytest
 from helpers import FULL_OPTIMISATION
 from odediff import samplers as S
 from odediff.schedule import make_schedule
+from odediff.train_state import init_params
 
 T = 1000
 SCHED = make_schedule("linear", T)
@@ -344,8 +345,7 @@ def test_ode_sampler_with_a_cunet_converges_to_a_fine_solve():
     c.model.cunet.ch_mult = (1, 2)
     model = build_denoiser(c.model)
     shape = (2, 8, 8, 1)
-    params = model.init(jax.random.key(0), jnp.zeros(shape), jnp.zeros((2,), jnp.int32))["params"]
-    params = perturbed(params, jax.random.key(1), scale=0.1)
+    params = perturbed(init_params(model, c, jax.random.key(0)), jax.random.key(1), scale=0.1)
 
     def draw(**kw):
         apply = lambda p, x, t: model.apply({"params": p}, x, t)  # noqa: E731
@@ -402,8 +402,7 @@ def _tiny_sampling(name: str):
 
     c = tiny_config(name)
     model = build_denoiser(c.model)
-    shape = (1, c.data.image_size, c.data.image_size, c.data.channels)
-    params = model.init(jax.random.key(0), jnp.zeros(shape), jnp.zeros((1,), jnp.int32))["params"]
+    params = init_params(model, c, jax.random.key(0))
     return c, model, make_schedule("linear", c.diffusion.num_timesteps), perturbed(params, jax.random.key(1), 0.1)
 
 

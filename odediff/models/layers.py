@@ -47,8 +47,10 @@ def timestep_embedding(t: jax.Array, dim: int) -> jax.Array:
     return emb
 
 
-def _num_groups(channels: int) -> int:
-    """Largest divisor of `channels` not above min(32, channels // 4): 8 groups at 32 channels."""
+def default_num_groups(channels: int) -> int:
+    """Largest divisor of `channels` not above min(32, channels // 4): 8 groups at 32 channels,
+    32 from 128. At least 4 channels a group: a group of one channel normalises away a bias added
+    per channel, such as a residual block's timestep embedding."""
     limit = max(1, min(32, channels // 4))
     return max(g for g in range(1, limit + 1) if channels % g == 0)
 
@@ -104,24 +106,25 @@ class GroupNorm(nn.Module):
 def make_norm(kind: str, channels: int) -> nn.Module:
     """Group norm (the paper's figure) or instance norm (the authors' release)."""
     if kind == "group":
-        return GroupNorm(num_groups=_num_groups(channels))
+        return GroupNorm(num_groups=default_num_groups(channels))
     if kind == "instance":
         return GroupNorm(num_groups=channels)
     raise ValueError(f"unknown norm {kind!r}: use one of {NORMS}")
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention over pixels with a residual; `norm` is "rms" or "group32" (32 groups,
-    or as many as divide narrower channels)."""
+    """Multi-head self-attention over pixels with a residual; `norm` is "rms" or "group" (with
+    `num_groups` groups)."""
 
     num_heads: int
     head_dim: int
     norm: str = "rms"
+    num_groups: int = 32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         b, h, w, c = x.shape
-        y = nn.RMSNorm()(x) if self.norm == "rms" else GroupNorm(num_groups=math.gcd(32, c))(x)
+        y = nn.RMSNorm()(x) if self.norm == "rms" else GroupNorm(num_groups=self.num_groups)(x)
         y = y.reshape(b, h * w, c)
         q, k, v = (nn.DenseGeneral((self.num_heads, self.head_dim), name=n)(y) for n in ("q", "k", "v"))
         y = nn.dot_product_attention(q, k, v)

@@ -7,25 +7,29 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from odediff.models.layers import GroupNorm, LabelEmbed, SelfAttention, TimeMLP
+from odediff.models.layers import GroupNorm, LabelEmbed, SelfAttention, TimeMLP, default_num_groups
 
 _zeros = nn.initializers.zeros  # Ho et al. zero-initialise each residual branch's last conv
 
 
-def _group_norm(channels: int) -> GroupNorm:
-    """Ho et al.'s 32 groups, or as many as divide the channels (a U-Net narrower than ch 32)."""
-    return GroupNorm(num_groups=math.gcd(32, channels))
+def num_groups(channels: int, norm_groups: int) -> int:
+    """Group-norm groups over `channels`: gcd(norm_groups, channels), or with norm_groups 0 at
+    most 32 of at least 4 channels each (`default_num_groups`). Both give Ho et al.'s 32 from
+    ch 128; narrower, a group of one channel would erase the timestep a residual block adds."""
+    return math.gcd(norm_groups, channels) if norm_groups else default_num_groups(channels)
 
 
 class ResBlock(nn.Module):
     out_ch: int
     dropout: float
+    norm_groups: int = 0
 
     @nn.compact
     def __call__(self, x: jax.Array, temb: jax.Array, train: bool) -> jax.Array:
-        h = nn.Conv(self.out_ch, (3, 3))(nn.swish(_group_norm(x.shape[-1])(x)))
+        norm = lambda c: GroupNorm(num_groups(c, self.norm_groups))
+        h = nn.Conv(self.out_ch, (3, 3))(nn.swish(norm(x.shape[-1])(x)))
         h = h + nn.Dense(self.out_ch)(nn.swish(temb))[:, None, None, :]
-        h = nn.swish(_group_norm(self.out_ch)(h))
+        h = nn.swish(norm(self.out_ch)(h))
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
         h = nn.Conv(self.out_ch, (3, 3), kernel_init=_zeros)(h)
         if x.shape[-1] != self.out_ch:
@@ -33,12 +37,14 @@ class ResBlock(nn.Module):
         return x + h
 
 
-def _attention(x: jax.Array) -> jax.Array:
-    return SelfAttention(num_heads=1, head_dim=x.shape[-1], norm="group32")(x)
+def _attention(x: jax.Array, norm_groups: int) -> jax.Array:
+    c = x.shape[-1]
+    return SelfAttention(num_heads=1, head_dim=c, norm="group", num_groups=num_groups(c, norm_groups))(x)
 
 
 class UNet(nn.Module):
-    """ch, ch_mult, num_res_blocks, attention at the listed resolutions, dropout."""
+    """ch, ch_mult, num_res_blocks, attention at the listed resolutions, dropout; group-norm
+    groups by `num_groups(channels, norm_groups)`."""
 
     ch: int = 128
     ch_mult: Sequence[int] = (1, 2, 2, 2)
@@ -46,6 +52,7 @@ class UNet(nn.Module):
     attn_resolutions: Sequence[int] = (16,)
     dropout: float = 0.1
     remat: bool = False
+    norm_groups: int = 0
     num_classes: int = 0
     out_channels: int | None = None
 
@@ -63,23 +70,25 @@ class UNet(nn.Module):
         hs = [nn.Conv(self.ch, (3, 3))(x)]
         for level, mult in enumerate(self.ch_mult):
             for _ in range(self.num_res_blocks):
-                h = ResBlock_(self.ch * mult, self.dropout)(hs[-1], temb, train)
+                h = ResBlock_(self.ch * mult, self.dropout, self.norm_groups)(hs[-1], temb, train)
                 if h.shape[1] in self.attn_resolutions:
-                    h = _attention(h)
+                    h = _attention(h, self.norm_groups)
                 hs.append(h)
             if level != len(self.ch_mult) - 1:
                 hs.append(nn.Conv(hs[-1].shape[-1], (3, 3), strides=(2, 2))(hs[-1]))
-        h = ResBlock_(hs[-1].shape[-1], self.dropout)(hs[-1], temb, train)
-        h = _attention(h)
-        h = ResBlock_(h.shape[-1], self.dropout)(h, temb, train)
+        h = ResBlock_(hs[-1].shape[-1], self.dropout, self.norm_groups)(hs[-1], temb, train)
+        h = _attention(h, self.norm_groups)
+        h = ResBlock_(h.shape[-1], self.dropout, self.norm_groups)(h, temb, train)
         for level, mult in reversed(list(enumerate(self.ch_mult))):
             for _ in range(self.num_res_blocks + 1):
-                h = ResBlock_(self.ch * mult, self.dropout)(jnp.concatenate([h, hs.pop()], axis=-1), temb, train)
+                h = ResBlock_(self.ch * mult, self.dropout, self.norm_groups)(
+                    jnp.concatenate([h, hs.pop()], axis=-1), temb, train
+                )
                 if h.shape[1] in self.attn_resolutions:
-                    h = _attention(h)
+                    h = _attention(h, self.norm_groups)
             if level != 0:
                 b, hh, ww, c = h.shape
                 h = jax.image.resize(h, (b, 2 * hh, 2 * ww, c), "nearest")
                 h = nn.Conv(c, (3, 3))(h)
-        h = nn.swish(_group_norm(h.shape[-1])(h))
+        h = nn.swish(GroupNorm(num_groups(h.shape[-1], self.norm_groups))(h))
         return nn.Conv(self.out_channels or x.shape[-1], (3, 3), kernel_init=_zeros)(h)
