@@ -48,7 +48,7 @@ def _args(tmp_path, **kw) -> argparse.Namespace:
             "data": str(tmp_path),
             "image_size": 8,
             "batch": 4,
-            "cunet_ch_mult": "2,4",
+            "cunet_ch_mult": "2",
             "cunet_attn": "",
             "decay_steps": 0,
             "ema": 0.999,
