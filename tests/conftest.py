@@ -4,8 +4,12 @@ initialises."""
 import os
 import shutil
 
-# Compile-light: LLVM's optimisations cost more compile time than these tiny programs run for.
-LIGHT_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+# Compile-light: LLVM's optimisations and XLA:CPU's fusion emitters cost more compile time than
+# these tiny programs run for (about half of it); tests where float numerics are the point
+# compile with helpers.FULL_OPTIMISATION.
+LIGHT_XLA_FLAGS = (
+    "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true --xla_cpu_use_fusion_emitters=false"
+)
 os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=4 {LIGHT_XLA_FLAGS}")
 
 import jax  # noqa: E402

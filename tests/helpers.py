@@ -42,7 +42,11 @@ TINY = [
 
 
 # Per-program override of conftest's compile-light flags, for tests where float numerics are the point.
-FULL_OPTIMISATION = {"xla_backend_optimization_level": 2, "xla_llvm_disable_expensive_passes": False}
+FULL_OPTIMISATION = {
+    "xla_backend_optimization_level": 2,
+    "xla_llvm_disable_expensive_passes": False,
+    "xla_cpu_use_fusion_emitters": True,
+}
 
 
 def tiny_config(name: str = "cunet", config_file: str = "digits.py"):
