@@ -144,7 +144,16 @@ def memory_table(configs: dict, a, params_sharding) -> None:
     print(
         markdown_table(["step", "cU-Net", "/ as configured", "DDPM U-Net", "/ as configured", "cU-Net / U-Net"], rows)
     )
-    write_json(a.out, {"config": config_name(a.config), "batch": a.batch, "devices": jax.device_count(), "models": rec})
+    write_json(
+        a.out,
+        {
+            "machine": machine(),
+            "config": config_name(a.config),
+            "batch": a.batch,
+            "devices": jax.device_count(),
+            "models": rec,
+        },
+    )
 
 
 def main() -> None:
