@@ -1,6 +1,7 @@
 """Test setup: 4 fake CPU devices, compile-light XLA flags and strict promotion, set before JAX
 initialises."""
 
+import fcntl
 import os
 import shutil
 
@@ -32,8 +33,7 @@ def _compilation_cache(tmp_path_factory):
     """One persistent compilation cache for this process, the train.py / sample.py
     subprocesses and the other pytest-xdist workers, which compile the same programs
     again and again."""
-    root = tmp_path_factory.getbasetemp()
-    cache = (root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / "jax_cache"
+    cache = _shared_root(tmp_path_factory) / "jax_cache"
     cache.mkdir(exist_ok=True)
     settings = {
         "jax_compilation_cache_dir": str(cache),
@@ -47,11 +47,23 @@ def _compilation_cache(tmp_path_factory):
         yield
 
 
+def _shared_root(tmp_path_factory) -> Path:
+    """A directory every pytest-xdist worker of this run sees."""
+    root = tmp_path_factory.getbasetemp()
+    return root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+
+
 @pytest.fixture(scope="session")
 def reference(tmp_path_factory) -> Path:
-    """An uninterrupted run of N steps."""
-    workdir = tmp_path_factory.mktemp("reference") / "run"
-    train_in_process(workdir)
+    """An uninterrupted run of N steps, trained by the first worker that needs it (read-only)."""
+    workdir = _shared_root(tmp_path_factory) / "reference" / "run"
+    with open(workdir.parent.parent / "reference.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (workdir.parent / "done").exists():
+            shutil.rmtree(workdir.parent, ignore_errors=True)
+            workdir.parent.mkdir()
+            train_in_process(workdir)
+            (workdir.parent / "done").touch()
     assert steps_on_disk(workdir)[-1] == N
     return workdir
 
