@@ -302,6 +302,27 @@ def test_the_papers_table_on_the_cpu(readme, page):
     )
 
 
+def test_the_training_step_memory_with_todays_defaults(page):
+    t = _json("paper_table_memory_cpu.json")
+    assert t["machine"].startswith("cpu:cpu x2") and t["config"] == "configs/celeba64.py" and t["batch"] == 16
+    c, u = t["models"]["cunet"], t["models"]["unet"]
+    rows = []
+    for tag, label in (
+        ("", "as configured"),
+        ("remat_", "every block rematerialised"),
+        ("bf16_", "bfloat16 activations"),
+        ("remat_bf16_", "rematerialised, bfloat16"),
+    ):
+        k = f"train_step_peak_bytes_xla_{tag}batch16"
+        rows.append(f"| {label} | {c[k] / 2**20:.0f} | {u[k] / 2**20:.0f} | {c[k] / u[k]:.3f} |")
+    saved = {
+        m: 1 - v["train_step_peak_bytes_xla_bf16_batch16"] / v["train_step_peak_bytes_xla_batch16"]
+        for m, v in t["models"].items()
+    }
+    rows.append(f"bfloat16 activations save the cU-Net {saved['cunet']:.0%} and the U-Net {saved['unet']:.0%}")
+    assert _missing(page, rows) == []
+
+
 def test_the_papers_table_at_batch_1_2_on_one_h200(readme, page):
     t = _json("paper_table_gpu_quick.json")
     assert t["machine"].startswith("gpu:NVIDIA H200") and t["quick"] and t["batch"] == 2
