@@ -14,8 +14,9 @@ _zeros = nn.initializers.zeros  # Ho et al. zero-initialise each residual branch
 
 def num_groups(channels: int, norm_groups: int) -> int:
     """Group-norm groups over `channels`: gcd(norm_groups, channels), or with norm_groups 0 at
-    most 32 of at least 4 channels each (`default_num_groups`). Both give Ho et al.'s 32 from
-    ch 128; narrower, a group of one channel would erase the timestep a residual block adds."""
+    most 32 of at least 4 channels each (`default_num_groups`). 0 and 32 both give Ho et al.'s
+    32 from ch 128; narrower, 32 makes groups of one channel, which erase the timestep a
+    residual block adds."""
     return math.gcd(norm_groups, channels) if norm_groups else default_num_groups(channels)
 
 
