@@ -235,6 +235,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             f"model.num_classes={flat['model.num_classes']!r} must be 0 (unconditional) or the "
             f"number of classes of the data"
         )
+    groups = flat["model.unet.norm_groups"]
+    if config.model.name == "unet" and (not isinstance(groups, int) or isinstance(groups, bool) or groups < 0):
+        raise ConfigError(
+            f"model.unet.norm_groups={groups!r} must be 0 (at most 32 groups of at least 4 channels) or a "
+            f"positive number of groups, of which the U-Net uses its gcd with each layer's channels"
+        )
     if not 0.0 <= flat["training.cond_drop_prob"] < 1.0:
         raise ConfigError(f"training.cond_drop_prob={flat['training.cond_drop_prob']!r} must be in [0, 1)")
     check_sampling(config.sampling)

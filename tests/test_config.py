@@ -54,3 +54,12 @@ def test_sampler_choices_are_the_sampler_table(monkeypatch):
         r"'discrete', 'solving'\)",
     ):
         check_sampling(s)
+
+
+@pytest.mark.parametrize("groups", [-1, True])
+def test_unet_norm_groups_must_be_a_count(groups):
+    c = tiny_config("unet")
+    check_config(c)
+    c.model.unet.norm_groups = groups
+    with pytest.raises(ConfigError, match=re.escape(f"model.unet.norm_groups={groups!r} must be 0")):
+        check_config(c)
