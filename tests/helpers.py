@@ -157,10 +157,10 @@ def restored_state(workdir: Path, step: int):
     return ckpt.restore(step, abstract)[0]
 
 
-def train_in_process(workdir: Path, num_steps: int = N, **training) -> None:
+def train_in_process(workdir: Path, num_steps: int = N, allow_config_change: bool = False, **training) -> None:
     """train.py's run with ARGS, in this process (4 devices, as every train.py started here)."""
     from odediff.training import train_and_evaluate
 
     config = tiny_config()
     config.training.update(num_steps=num_steps, **training)
-    train_and_evaluate(config, workdir)
+    train_and_evaluate(config, workdir, allow_config_change=allow_config_change)

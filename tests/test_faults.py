@@ -346,14 +346,10 @@ def test_bad_train_input_is_one_line_and_changes_nothing(existing, tmp_path, cas
 
 
 def test_allow_config_change_continues_the_run(existing, tmp_path):
-    from odediff.training import train_and_evaluate
-
     workdir = tmp_path / "run"
     shutil.copytree(existing, workdir)
     before = restored_state(workdir, N)
-    config = tiny_config()
-    config.training.update(num_steps=N + 2, learning_rate=0.01)
-    train_and_evaluate(config, workdir, allow_config_change=True)
+    train_in_process(workdir, N + 2, allow_config_change=True, learning_rate=0.01)
     assert json.loads((workdir / "config.json").read_text())["training"]["learning_rate"] == 0.01
     assert steps_on_disk(workdir)[-1] == N + 2
     after = restored_state(workdir, N + 2)
