@@ -626,8 +626,11 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     if "--dry_run" in sys.argv[1:]:
-        # A tiny run is nearly all compilation: XLA:CPU without its optimisation passes, and one
-        # RNG op per initialised array instead of Threefry's unrolled rounds, compile it ~2x faster.
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
+        # A tiny run is nearly all compilation: XLA:CPU without its optimisation passes and fusion
+        # emitters, and one RNG op per initialised array instead of Threefry's unrolled rounds,
+        # compile it in about half the time.
+        light = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+        light += " --xla_cpu_use_fusion_emitters=false"
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {light}".strip()
         jax.config.update("jax_default_prng_impl", "rbg")
     main()

@@ -6,7 +6,7 @@ import os
 import shutil
 
 # Compile-light: LLVM's optimisations and XLA:CPU's fusion emitters cost more compile time than
-# these tiny programs run for (about half of it); tests where float numerics are the point
+# these tiny programs run for (about half of it); programs that run long (a sampler's 1,000 steps)
 # compile with helpers.FULL_OPTIMISATION.
 LIGHT_XLA_FLAGS = (
     "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true --xla_cpu_use_fusion_emitters=false"

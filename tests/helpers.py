@@ -41,7 +41,7 @@ TINY = [
 ]
 
 
-# Per-program override of conftest's compile-light flags, for tests where float numerics are the point.
+# Per-program override of conftest's compile-light flags, for programs that run longer than they compile.
 FULL_OPTIMISATION = {
     "xla_backend_optimization_level": 2,
     "xla_llvm_disable_expensive_passes": False,

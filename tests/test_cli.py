@@ -49,7 +49,7 @@ def test_train_resume_and_sample_on_digits(tmp_path):
 
 
 def test_train_on_mock_tfds_mnist_in_process(tmp_path):
-    c = tiny_config("unet")
+    c = tiny_config()  # the reference run's denoiser and step: one compilation in the suite
     c.data.source = "tfds:mnist"
     c.training.num_steps = 2
     with tfds.testing.mock_data(num_examples=16):

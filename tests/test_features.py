@@ -42,7 +42,7 @@ def test_classifier_shapes(shape):
 
 def test_load_or_train_classifier_trains_then_loads(digits, tmp_path, monkeypatch):
     xtr, xte, ytr, yte = digits
-    params, acc = F.load_or_train_classifier(xtr, ytr, xte, yte, 10, tmp_path, "digits16", steps=300, batch_size=64)
+    params, acc = F.load_or_train_classifier(xtr, ytr, xte, yte, 10, tmp_path, "digits16", steps=100, batch_size=64)
     assert acc > 0.9
     meta = json.loads((tmp_path / "digits16" / "classifier.json").read_text())
     assert meta["test_accuracy"] == acc and meta["num_classes"] == 10
@@ -53,7 +53,7 @@ def test_load_or_train_classifier_trains_then_loads(digits, tmp_path, monkeypatc
         raise AssertionError("train_classifier called on a cache hit")
 
     monkeypatch.setattr(F, "train_classifier", no_training)
-    params2, acc2 = F.load_or_train_classifier(xtr, ytr, xte, yte, 10, str(tmp_path), "digits16", steps=300)
+    params2, acc2 = F.load_or_train_classifier(xtr, ytr, xte, yte, 10, str(tmp_path), "digits16", steps=100)
     assert acc2 == acc
     flat1 = traverse_util.flatten_dict(params)
     flat2 = traverse_util.flatten_dict(params2)
