@@ -28,6 +28,18 @@ from helpers import N, steps_on_disk, train_in_process  # noqa: E402
 pytest_plugins = ["pytester", "suite_budget"]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Long tests first, as pytest-xdist hands tests out in this order, so that none is left to run
+    alone at the end; among them first those that need the `reference` run, which the first of
+    them trains while the other worker starts on tests that do not need it."""
+
+    def order(item: pytest.Item) -> tuple[bool, bool]:
+        long = item.get_closest_marker("long") is not None
+        return not long, long and "reference" not in getattr(item, "fixturenames", ())
+
+    items.sort(key=order)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _compilation_cache(tmp_path_factory):
     """One persistent compilation cache for this process, the train.py / sample.py

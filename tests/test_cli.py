@@ -22,6 +22,7 @@ def _ok(proc):
     return proc
 
 
+@pytest.mark.long
 def test_train_resume_and_sample_on_digits(tmp_path):
     wd = tmp_path / "run"
     _ok(run("train.py", f"--workdir={wd}", "--config.training.num_steps=4", *TINY))
@@ -48,6 +49,7 @@ def test_train_resume_and_sample_on_digits(tmp_path):
     assert (tmp_path / "s" / "grid.png").is_file()
 
 
+@pytest.mark.long
 def test_train_on_mock_tfds_mnist_in_process(tmp_path):
     c = tiny_config()  # the reference run's denoiser and step: one compilation in the suite
     c.data.source = "tfds:mnist"
@@ -155,6 +157,7 @@ def test_the_installed_commands_name_themselves_in_their_errors(command, tmp_pat
     assert proc.returncode == 2 and proc.stderr.startswith(f"{command}: error: "), proc.stderr
 
 
+@pytest.mark.long
 def test_conditional_run_samples_by_class_with_every_sampler_option_from_the_command_line(tmp_path):
     wd = tmp_path / "cond"
     config = tiny_config(config_file="digits_cond.py")

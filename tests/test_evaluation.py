@@ -57,6 +57,7 @@ def test_rgb_without_inception_weights_is_a_clear_error(tmp_path):
         E.feature_space(c, tmp_path)
 
 
+@pytest.mark.long
 def test_evaluate_py_end_to_end(reference, tmp_path):
     wd = tmp_path / "run"
     shutil.copytree(reference, wd)

@@ -82,6 +82,7 @@ class _Train:
         return self.out.read(), self.err.read()
 
 
+@pytest.mark.long
 def test_killed_and_preempted_run_resumes_bitwise_equal_to_an_uninterrupted_one(
     reference, tmp_path, monkeypatch, capsys
 ):
@@ -121,6 +122,7 @@ def test_killed_and_preempted_run_resumes_bitwise_equal_to_an_uninterrupted_one(
     assert_trees_equal(restored_state(workdir, N), restored_state(reference, N))
 
 
+@pytest.mark.long
 def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_with_one_checkpoint(reference, tmp_path):
     import socket
 

@@ -18,6 +18,7 @@ def positive(v) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v) and v > 0
 
 
+@pytest.mark.long
 def test_gpu_table_dry_run_writes_every_part_in_the_json_layout(tmp_path):
     # as gpu_check.sh runs it; one CPU device, and a process of its own for the dry run's compile settings
     env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}

@@ -15,6 +15,7 @@ def test_quickstart_notebook_is_stored_without_outputs():
             assert not cell.outputs and cell.execution_count is None, "strip the notebook's outputs before committing"
 
 
+@pytest.mark.long
 def test_quickstart_notebook_executes(tmp_path):
     nbclient = pytest.importorskip("nbclient", reason="the notebook test needs the test extra (nbclient, ipykernel)")
     nb = nbformat.read(NOTEBOOK, as_version=4)

@@ -336,6 +336,7 @@ def test_every_sampler_jits_and_is_reproducible():
             assert int(nfe) == 6 * (steps - 1) + 2
 
 
+@pytest.mark.long
 def test_ode_sampler_with_a_cunet_converges_to_a_fine_solve():
     """An ODE inside an ODE: the probability-flow solve of a cU-Net, whose blocks are
     solves themselves, approaches a fine reference (RK4 x96) at second order with Heun and

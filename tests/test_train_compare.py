@@ -59,6 +59,7 @@ def _args(tmp_path, **kw) -> argparse.Namespace:
     )
 
 
+@pytest.mark.long
 def test_the_runs_of_a_model_share_one_compiled_step_and_each_keeps_its_rate_and_seed(tmp_path):
     from odediff import data as data_lib
     from odediff import parallel
