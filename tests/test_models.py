@@ -230,16 +230,51 @@ def test_softplus_matches_float64_reference_and_its_derivative_is_the_sigmoid():
     np.testing.assert_allclose(grad, sig, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("groups", [1, 8, 32])
-def test_group_norm_matches_flax(groups):
-    x = 2.0 * jax.random.normal(jax.random.key(0), (3, 8, 8, 32)) + 1.5
-    params = {"params": {"scale": jax.random.normal(jax.random.key(1), (32,)), "bias": jnp.arange(32.0)}}
-    ours = GroupNorm(num_groups=groups).apply(params, x)
-    theirs = nn.GroupNorm(num_groups=groups).apply(params, x)
-    np.testing.assert_allclose(ours, theirs, atol=1e-5)
-    assert jax.tree.map(jnp.shape, GroupNorm(groups).init(jax.random.key(0), x)) == jax.tree.map(
-        jnp.shape, nn.GroupNorm(num_groups=groups).init(jax.random.key(0), x)
+def test_softplus_gradients_in_a_jitted_composition_match_jax_softplus():
+    x = 4.0 * jax.random.normal(jax.random.key(0), (2, 6, 6, 8))
+    w = jax.random.normal(jax.random.key(1), (8, 8))
+
+    def loss(act, w, x):
+        return jnp.sum(jnp.sin(act(act(x @ w) @ w.T - 1.0)))
+
+    ours = jax.jit(jax.grad(lambda w, x: loss(softplus, w, x), argnums=(0, 1)))(w, x)
+    theirs = jax.jit(jax.grad(lambda w, x: loss(jax.nn.softplus, w, x), argnums=(0, 1)))(w, x)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+    g16 = jax.grad(lambda x: jnp.sum(softplus(x)))(x.astype(jnp.bfloat16))
+    assert g16.dtype == jnp.bfloat16
+    np.testing.assert_allclose(g16.astype(jnp.float32), jax.nn.sigmoid(x), rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize(
+    "groups, shape", [(1, (3, 8, 8, 32)), (8, (3, 8, 8, 32)), (32, (3, 8, 8, 32)), (12, (2, 5, 7, 48))]
+)
+def test_group_norm_and_its_gradients_match_flax(groups, shape):
+    c = shape[-1]
+    x = 2.0 * jax.random.normal(jax.random.key(0), shape) + 1.5
+    params = {"params": {"scale": jax.random.normal(jax.random.key(1), (c,)), "bias": jnp.arange(float(c))}}
+    ours, theirs = GroupNorm(num_groups=groups), nn.GroupNorm(num_groups=groups)
+    np.testing.assert_allclose(ours.apply(params, x), theirs.apply(params, x), atol=1e-5)
+    assert jax.tree.map(jnp.shape, ours.init(jax.random.key(0), x)) == jax.tree.map(
+        jnp.shape, theirs.init(jax.random.key(0), x)
     )
+    w = jax.random.normal(jax.random.key(2), shape)
+    grad = lambda m: jax.jit(jax.grad(lambda p, x: jnp.sum(w * jnp.sin(m.apply(p, x))), argnums=(0, 1)))(params, x)
+    for a, b in zip(jax.tree.leaves(grad(ours)), jax.tree.leaves(grad(theirs))):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(b))))
+
+
+def test_group_norm_film_is_the_written_out_formula():
+    x = jax.random.normal(jax.random.key(0), (2, 4, 4, 16)) - 0.5
+    params = {"params": {"scale": 1.0 + jax.random.normal(jax.random.key(1), (16,)), "bias": jnp.linspace(-1, 1, 16)}}
+    film_scale, film_shift = (jax.random.normal(k, (2, 16)) for k in jax.random.split(jax.random.key(2)))
+    ours = GroupNorm(num_groups=4).apply(params, x, film_scale, film_shift)
+    g = x.reshape(2, 4, 4, 4, 4)
+    mean, var = g.mean((1, 2, 4), keepdims=True), g.var((1, 2, 4), keepdims=True)
+    scale, bias = (params["params"][k][None, None, None, :] for k in ("scale", "bias"))
+    normed = ((g - mean) / jnp.sqrt(var + 1e-6)).reshape(x.shape) * scale + bias
+    expected = normed * (1.0 + film_scale[:, None, None]) + film_shift[:, None, None]
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["cunet", "unet"])

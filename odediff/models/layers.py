@@ -9,16 +9,20 @@ import jax.numpy as jnp
 NORMS = ("group", "instance")
 
 
-@jax.custom_jvp
+@jax.custom_vjp
 def softplus(x: jax.Array) -> jax.Array:
     """log(1 + e^x), to float32 rounding, about 2x faster than `jax.nn.softplus` on XLA:CPU.
 
     max(x, 0) + log1p(u) with u = e^-|x| in (0, 1], and log1p(u) = 2 atanh(s) with
     s = u / (2 + u) <= 1/3, summed to s^13 (truncation < 1e-8): one exp and one
-    division instead of XLA's slower log. The derivative is the exact sigmoid.
+    division instead of XLA's slower log. The derivative is the exact sigmoid, computed
+    from x in the backward pass (so reverse mode only): a saved derivative, or an e^-|x|
+    shared with the forward, made the forward write a second array in a second kernel.
     """
     u = jnp.exp(-jnp.abs(x))
-    s = u / (2.0 + u)
+    # Times a reciprocal, not a division: XLA fuses no expensive op (a divide) into a
+    # consumer that reads it twice (s * s), and left the series a second kernel.
+    s = u * (1.0 / (2.0 + u))
     s2 = s * s
     series = jnp.full_like(s, 1 / 13)
     for k in (11, 9, 7, 5, 3, 1):
@@ -26,11 +30,15 @@ def softplus(x: jax.Array) -> jax.Array:
     return jnp.maximum(x, 0.0) + 2.0 * s * series
 
 
-@softplus.defjvp
-def _softplus_jvp(primals, tangents):
-    (x,), (dx,) = primals, tangents
-    u = jnp.exp(-jnp.abs(x))
-    return softplus(x), dx * jnp.where(x >= 0, 1.0, u) / (1.0 + u)
+def _softplus_fwd(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return softplus(x), x
+
+
+def _softplus_bwd(x: jax.Array, g: jax.Array) -> tuple[jax.Array]:
+    return (g * jax.nn.sigmoid(x),)
+
+
+softplus.defvjp(_softplus_fwd, _softplus_bwd)
 
 
 ACTIVATIONS = {"swish": nn.swish, "softplus": softplus}
@@ -77,21 +85,27 @@ class GroupNorm(nn.Module):
             raise ValueError(f"{c} channels do not split into {self.num_groups} groups")
         scale = self.param("scale", nn.initializers.ones, (c,))
         bias = self.param("bias", nn.initializers.zeros, (c,))
-        axes = tuple(range(1, x.ndim - 1))
         x32 = x.astype(jnp.float32)
-        mean = jnp.mean(x32, axes).reshape(b, self.num_groups, -1).mean(-1)
-        mean_sq = jnp.mean(jnp.square(x32), axes).reshape(b, self.num_groups, -1).mean(-1)
+        axes = tuple(range(1, x.ndim - 1))
+        size, pixels = c // self.num_groups, math.prod(x.shape[1:-1])
+        if size == 1:
+            mean, mean_sq = jnp.mean(x32, axes), jnp.mean(jnp.square(x32), axes)
+        else:
+            # Per-channel sums averaged per group and expanded back to channels by a matmul with
+            # a block-averaging matrix, each sum with its own matmul: XLA:CPU fuses a reduction
+            # and the dot after it into one kernel, while stacking the moments into one
+            # reduction wrote [x, x^2] out first. Not jnp.repeat: XLA:CPU fused a repeat into the
+            # elementwise pass below and recomputed it per pixel in unvectorised index arithmetic
+            # (3-4x slower); a dot is never fused into its consumer. Float32-accurate only at
+            # "highest" precision (GPUs default to TF32, TPUs to bf16 passes). Never concatenate
+            # the moments along the batch: under data parallelism that put all-to-alls in the
+            # backward pass (slow, and able to deadlock XLA:CPU's collectives).
+            block = jnp.repeat(jnp.eye(self.num_groups, dtype=jnp.float32), size, axis=0)
+            pool = jnp.repeat(block, size, axis=1) / (size * pixels)
+            mean, mean_sq = (
+                jnp.dot(jnp.sum(v, axes), pool, precision=jax.lax.Precision.HIGHEST) for v in (x32, jnp.square(x32))
+            )
         inv = jax.lax.rsqrt(jnp.maximum(mean_sq - jnp.square(mean), 0.0) + self.epsilon)
-        # Groups -> channels by a one-hot matmul, not jnp.repeat: XLA:CPU fused the repeat
-        # into the elementwise pass below and recomputed it per pixel in unvectorised index
-        # arithmetic (3-4x slower); a dot is never fused into its consumer. Exact in f32
-        # only at "highest" precision (GPUs default to TF32, TPUs to bf16 passes).
-        # Stacked on a new axis, not concatenated along the batch: under data parallelism
-        # that concatenate put all-to-alls in the backward pass (slow, and able to
-        # deadlock XLA:CPU's collectives on a small thread pool).
-        expand = jnp.repeat(jnp.eye(self.num_groups, dtype=jnp.float32), c // self.num_groups, axis=1)
-        stats = jnp.dot(jnp.stack([inv, mean], axis=1), expand, precision=jax.lax.Precision.HIGHEST)
-        inv, mean = stats[:, 0], stats[:, 1]
         f32 = lambda v: v.astype(jnp.float32)  # noqa: E731  (params and FiLM may be bfloat16)
         a = inv * f32(scale)[None, :]
         shift = f32(bias)[None, :] - mean * a
