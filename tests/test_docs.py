@@ -519,3 +519,27 @@ def test_no_committed_result_names_a_path_of_the_machine_it_ran_on():
         if re.match(r"(\w+:)?/\w", s)
     ]
     assert absolute == []
+
+
+def test_the_comparison_across_widths(readme, page):
+    from benchmarks.width_compare import markdown
+
+    w = _json("mnist_widths/width_compare.json")
+    rows = [line for line in markdown(w).splitlines() if line.startswith("| ") and not line.startswith("| model")]
+    assert len(rows) == len(w["models"]) >= 4 and _missing(page, rows) == []
+    e = {x["label"]: x for x in w["models"]}
+    u16, heun, rk4 = e["U-Net, ch 16"], e["cU-Net Heun x1, nf 8"], e["cU-Net RK4 x1, nf 8"]
+    tflop = lambda x: x["gflop_per_step"] * x["steps"] / 1e3  # noqa: E731
+    quotes = [
+        f"{u16['params'] / heun['params']:.2f}x the nf-8 cU-Nets'",
+        f"{tflop(u16) / tflop(rk4):.2f}x the RK4 cU-Net's training FLOPs and {u16['step_seconds'] / rk4['step_seconds']:.2f}x",
+        f"at {tflop(heun) / tflop(u16):.2f}x the ch-16 U-Net's FLOPs and {heun['step_seconds'] / u16['step_seconds']:.2f}x",
+        f"{heun['gflop_per_step'] * 12:.1f} TFLOP by this count",
+    ]
+    assert max(u16["fd"]) < min(heun["fd"] + rk4["fd"])  # "both its seeds below all four cU-Net seeds"
+    assert _missing(page, quotes) == []
+    readme_quotes = [
+        f"{u16['fd_mean']:.2f} {_seeds(u16['fd'])}",
+        f"{tflop(u16) / tflop(rk4):.2f}x the RK4 cU-Net's FLOPs",
+    ]
+    assert _missing(readme, readme_quotes) == []
