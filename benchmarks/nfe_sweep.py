@@ -27,6 +27,30 @@ def points(nfes: list[int], ancestral_steps: int = 1000) -> list[tuple[str, int,
     return out + ([("ancestral", ancestral_steps, {})] if ancestral_steps else [])
 
 
+def score_point(workdir: str, sampling: dict, num: int, batch: int, cache_dir: Path) -> dict:
+    """One row: `num` samples of a run drawn with `sampling` (fields of its sampling block),
+    their FD against the held-out split and the wall time per image (compilation excluded)."""
+    r, _ = score_run(workdir, num=num, sampling=sampling, batch=batch, cache_dir=cache_dir)
+    row = {
+        "run": Path(workdir).name,
+        "model": r["model"],
+        "workdir": workdir,
+        "step": r["step"],
+        "sampler": r["sampler"],
+        "steps": r["steps"],
+        "nfe": r["nfe"],
+        "num": num,
+        "fd": r["fd"],
+        "seconds_per_image": r["sample_seconds"] / num,
+    }
+    print(
+        f"{row['run']} ({row['model']}) {r['sampling_used']}: FD {row['fd']:.3f}, "
+        f"{row['seconds_per_image'] * 1e3:.1f} ms/image",
+        flush=True,
+    )
+    return row
+
+
 def run_sweep(
     workdir: str,
     nfes: list[int],
@@ -37,33 +61,11 @@ def run_sweep(
     ancestral_steps: int = 1000,
 ) -> list[dict]:
     """One row per point of `points(nfes, ancestral_steps)`, skipping the (sampler, steps) pairs in `done`."""
-    rows = []
-    for name, steps, options in points(nfes, ancestral_steps):
-        if (name, steps) in done:
-            continue
-        r, _ = score_run(
-            workdir, num=num, sampling={"sampler": name, "steps": steps, **options}, batch=batch, cache_dir=cache_dir
-        )
-        rows.append(
-            {
-                "run": Path(workdir).name,
-                "model": r["model"],
-                "workdir": workdir,
-                "step": r["step"],
-                "sampler": name,
-                "steps": steps,
-                "nfe": r["nfe"],
-                "num": num,
-                "fd": r["fd"],
-                "seconds_per_image": r["sample_seconds"] / num,
-            }
-        )
-        print(
-            f"{Path(workdir).name} ({r['model']}) {name} nfe={r['nfe']}: FD {r['fd']:.3f}, "
-            f"{r['sample_seconds'] / num * 1e3:.1f} ms/image",
-            flush=True,
-        )
-    return rows
+    return [
+        score_point(workdir, {"sampler": name, "steps": steps, **options}, num, batch, cache_dir)
+        for name, steps, options in points(nfes, ancestral_steps)
+        if (name, steps) not in done
+    ]
 
 
 def main() -> None:
