@@ -1,4 +1,4 @@
-"""Sample from a trained run: python sample.py --workdir runs/<name> [--num 64 --sampler ddim --steps 100]."""
+"""Sample from a trained run or a shipped model: python sample.py --workdir runs/<name> | --pretrained NAME [--num 64]."""
 
 from odediff import cli
 

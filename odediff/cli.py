@@ -302,13 +302,15 @@ def parse_labels(spec: str | None, num_classes: int, num: int) -> tuple[np.ndarr
 SAMPLE_ABOUT = f"""Samples from a trained run's EMA params and writes a grid, the images and the options.
 
 {{prog}} --workdir runs/<name> [--num 64 --sampler ddim --steps 100 --labels all --sampling.<field>=value ...]
+{{prog}} --pretrained NAME [...]   (a model shipped with odediff: odediff.pretrained.available())
 
 {EXIT_CODES}."""
 
 
 def define_sample_flags(prog: str = "sample.py") -> None:
     """sample.py's flags: --workdir, --num, --labels, --out, ... and the sampling options."""
-    flags.DEFINE_string("workdir", None, "Run directory holding checkpoints/.", required=True)
+    flags.DEFINE_string("workdir", None, "Run directory holding checkpoints/ (or --pretrained).")
+    flags.DEFINE_string("pretrained", None, "A model shipped with odediff instead of --workdir.")
     flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
     flags.DEFINE_integer("num", 64, "Number of samples (per class with --labels).")
     flags.DEFINE_string(
@@ -323,7 +325,7 @@ def define_sample_flags(prog: str = "sample.py") -> None:
         None,
         "Output prefix: writes <out>.png, <out>.npz and <out>.json (the options) "
         "(default <workdir>/samples/sample_<step>_<sampler><steps>[_cfg<w>][_class<labels>]"
-        "_seed<seed>).",
+        "_seed<seed>; with --pretrained, samples/<name>/ in the current directory).",
     )
     define_sampling_flags(prog)
 
@@ -336,18 +338,28 @@ def sample_main() -> None:
     f = flags.FLAGS
     if f.num <= 0:
         raise ConfigError(f"--num must be positive, got --num={f.num}")
+    if (f.workdir is None) == (f.pretrained is None):
+        raise ConfigError("pass either --workdir (a run directory) or --pretrained NAME (a shipped model)")
+    if f.pretrained is not None and f.step is not None:
+        raise ConfigError(f"--step: the pretrained model {f.pretrained!r} has one step; leave --step out")
     parallel.use_cpu_cores(f.num)  # with --labels, a multiple of --num is drawn
-    config, params, step = restore_run(f.workdir, f.step)
+    if f.pretrained is not None:
+        from odediff import pretrained
+
+        config, params = pretrained.load(f.pretrained)
+        step, home = pretrained.card(f.pretrained)["step"], Path("samples") / f.pretrained
+    else:
+        (config, params, step), home = restore_run(f.workdir, f.step), Path(f.workdir) / "samples"
     config = with_sampling(config, **sampling_overrides(sys.argv))
     sc = config.sampling
     labels, cols = parse_labels(f.labels, config.model.num_classes, f.num)
     num = f.num if labels is None else len(labels)
     tag = (f"_cfg{sc.guidance:g}" if sc.guidance else "") + (f"_class{f.labels.replace(',', '-')}" if f.labels else "")
     tag += block_tag(sc)
-    out = f.out or str(Path(f.workdir) / "samples" / f"sample_{step}_{sc.sampler}{sc.steps}{tag}_seed{f.seed}")
+    out = f.out or str(home / f"sample_{step}_{sc.sampler}{sc.steps}{tag}_seed{f.seed}")
     samples, seconds, nfe = generate(config, params, num, seed=f.seed, labels=labels)
     record = {
-        "workdir": str(f.workdir),
+        **({"pretrained": f.pretrained} if f.pretrained else {"workdir": str(f.workdir)}),
         "step": step,
         "seed": f.seed,
         "num": num,

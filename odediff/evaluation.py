@@ -24,6 +24,7 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jax
 import ml_collections
@@ -357,24 +358,64 @@ def score_run(
     classifier_steps: int = 1000,
     num_real: int | None = None,
 ) -> tuple[dict, np.ndarray]:
-    """Restores a run's EMA params (newest step unless `step`), draws `num` samples with its
-    sampling block (fields in `sampling` replaced) and scores them with `evaluate_samples`
-    against `num_real` (default `num`) held-out ("test") images, the same number of train
-    images as the floor.
-
-    A class-conditional run draws `labels` (default: the classes in turn) and is also scored
-    on `class_accuracy`; with `null_class` it draws its unconditional samples instead.
-    Returns the scores with the run and sampling described, and the uint8 NHWC samples."""
-    from odediff.generation import class_labels, describe_sampling, generate, restore_run, with_sampling
+    """Restores a run's EMA params (newest step unless `step`) and scores them with
+    `score_params`; the result also names the workdir."""
+    from odediff.generation import restore_run
 
     if num < 2:
         raise ConfigError(f"--num must be at least 2, got {num}")
     config, params, step = restore_run(workdir, step)
+    cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir(workdir)
+    result, samples = score_params(
+        config,
+        params,
+        step,
+        num=num,
+        sampling=sampling,
+        seed=seed,
+        batch=batch,
+        labels=labels,
+        null_class=null_class,
+        cache_dir=cache_dir,
+        inception_weights=inception_weights,
+        classifier_steps=classifier_steps,
+        num_real=num_real,
+    )
+    return {"workdir": str(workdir), **result}, samples
+
+
+def score_params(
+    config: ml_collections.ConfigDict,
+    params: Any,
+    step: int,
+    *,
+    cache_dir: str | Path,
+    num: int = 1000,
+    sampling: dict | None = None,
+    seed: int = 0,
+    batch: int = 250,
+    labels: np.ndarray | None = None,
+    null_class: bool = False,
+    inception_weights: str | None = None,
+    classifier_steps: int = 1000,
+    num_real: int | None = None,
+) -> tuple[dict, np.ndarray]:
+    """Draws `num` samples of `params` with the config's sampling block (fields in `sampling`
+    replaced) and scores them with `evaluate_samples` against `num_real` (default `num`)
+    held-out ("test") images of `config.data`, the same number of train images as the floor.
+
+    A class-conditional model draws `labels` (default: the classes in turn) and is also scored
+    on `class_accuracy`; with `null_class` it draws its unconditional samples instead.
+    Returns the scores with the model and sampling described, and the uint8 NHWC samples."""
+    from odediff.generation import class_labels, describe_sampling, generate, with_sampling
+
+    if num < 2:
+        raise ConfigError(f"--num must be at least 2, got {num}")
     config = with_sampling(config, **(sampling or {}))
     sc = config.sampling
     if config.model.num_classes and labels is None and not null_class:
         labels = class_labels(config.model.num_classes, num)
-    cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir(workdir)
+    cache_dir = Path(cache_dir).expanduser()
     space = feature_space(
         config.data, cache_dir, inception_weights=inception_weights, classifier_steps=classifier_steps
     )
@@ -384,7 +425,6 @@ def score_run(
     result = evaluate_samples(samples, real, space, reference=reference, labels=labels)
     result.update(
         {
-            "workdir": str(workdir),
             "step": step,
             "model": config.model.name,
             "sampler": sc.sampler,

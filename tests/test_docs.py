@@ -543,3 +543,13 @@ def test_the_comparison_across_widths(readme, page):
         f"{tflop(u16) / tflop(rk4):.2f}x the RK4 cU-Net's FLOPs",
     ]
     assert _missing(readme, readme_quotes) == []
+
+
+def test_the_readme_lists_every_shipped_model_with_its_fd_and_floor(readme):
+    from odediff import pretrained
+
+    for name in pretrained.available():
+        card = pretrained.card(name)
+        others = [v for k, v in card["fd_seeds"].items() if v != card["fd"]]
+        assert f"`{name}`" in readme and f"{card['fd']:.2f}" in readme and f"floor {card['floor_fd']:.2f}" in readme
+        assert _missing(readme, [f"{v:.2f}" for v in others]) == []

@@ -376,7 +376,9 @@ def test_allow_config_change_continues_the_run(existing, tmp_path):
 def test_sample_without_checkpoints_or_workdir(tmp_path, capsys):
     (tmp_path / "config.json").write_text("{}")
     assert_sample_error(tmp_path, capsys, rf"{tmp_path} has no checkpoints/ folder: train first")
-    assert_usage_error(run("sample.py", "--num=2"), "sample.py", r"--workdir must have a value other than None")
+    assert_usage_error(
+        run("sample.py", "--num=2"), "sample.py", r"pass either --workdir \(a run directory\) or --pretrained"
+    )
     assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
 
 

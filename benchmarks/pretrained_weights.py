@@ -1,0 +1,130 @@
+"""The shipped models: exported from train_compare runs, and rescored.
+
+python -m benchmarks.pretrained_weights export --workdir runs/<dir>/<run> --record benchmarks/results/<record> --name NAME
+python -m benchmarks.pretrained_weights rescore --data <MNIST IDX dir> [--num 1000]
+
+`export` writes the run's final EMA params in float16 with its card (config, the FD its seed
+scored in the record, both seeds' FDs, the floor) to odediff/weights/NAME, and the test's
+reference draw to tests/fixtures/pretrained/NAME.npz. `rescore` draws --num samples of every
+shipped model as the record scored them (DDIM 25 steps, eta 0) and scores them against the
+same held-out split: the rescored FD should differ from the recorded one by less than the
+two seeds' gap. Writes benchmarks/results/pretrained/rescore.json and .md.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import machine, markdown_table, write_json
+from odediff import parallel, pretrained
+from odediff.evaluation import default_cache_dir, score_params
+from odediff.generation import generate, restore_run, with_sampling
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures" / "pretrained"
+# The test's draw: few enough to run in the suite, through the whole sampler.
+CHECK = {"num": 4, "seed": 0, "sampling": {"sampler": "ddim", "steps": 10, "eta": 0.0}}
+SCORED_AS = {"sampler": "ddim", "steps": 25, "eta": 0.0}
+
+
+def check_draw(config, params) -> np.ndarray:
+    """The uint8 samples the test compares with the committed ones."""
+    config = with_sampling(config, **CHECK["sampling"])
+    return generate(config, params, CHECK["num"], seed=CHECK["seed"])[0]
+
+
+def export(workdir: Path, record_dir: Path, name: str) -> dict:
+    config, params, step = restore_run(workdir)
+    record = json.loads((record_dir / "train_compare.json").read_text())
+    run = record["runs"][workdir.name]
+    scored = {e["step"]: e for e in run["evals"]}
+    if step not in scored:
+        sys.exit(f"pretrained_weights.py: {record_dir} scores {workdir.name} at {sorted(scored)}, not at step {step}")
+    model = record["summary"]["models"][run["model"]]
+    config.data.source = "idx:mnist"  # the training data's kind; sampling reads no data
+    info = {
+        "description": f"{run['model']} trained on the MNIST 10k test split at 16 px (9,000 images), seed {run['seed']}",
+        "fd": scored[step]["fd"],
+        "fd_seeds": dict(zip(map(str, model["seeds"]), model["fd"])),
+        "floor_fd": record["summary"]["floor_fd_mean"],
+        "floor_fd_draws": record["floor"]["fd"],
+        "scored_as": f"1,000 DDIM samples ({record['protocol']['eval_steps']} steps, eta 0) against 1,000 held-out "
+        "images, in a feature classifier's features",
+        "record": str((record_dir.resolve() / "train_compare.json").relative_to(REPO)),
+        "run": workdir.name,
+    }
+    size = pretrained.export(config, params, step, info, pretrained.WEIGHTS / name)
+    shipped_config, shipped = pretrained.load(name)
+    FIXTURES.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(FIXTURES / f"{name}.npz", images=check_draw(shipped_config, shipped))
+    print(f"{name}: {size / 1e6:.2f} MB in {pretrained.WEIGHTS / name}; FD {info['fd']:.2f} at step {step:,}")
+    return info
+
+
+def rescore(data: Path, num: int, out: Path) -> dict:
+    rows = []
+    for name in pretrained.available():
+        config, params = pretrained.load(name)
+        card = pretrained.card(name)
+        config.data.source = f"idx:{data.resolve()}"
+        r, _ = score_params(
+            config, params, card["step"], num=num, sampling=SCORED_AS, cache_dir=default_cache_dir(str(out))
+        )
+        gap = abs(np.subtract(*card["fd_seeds"].values())) if len(card["fd_seeds"]) == 2 else float("nan")
+        rows.append(
+            {
+                "name": name,
+                "recorded_fd": card["fd"],
+                "recorded_fd_seeds": card["fd_seeds"],
+                "rescored_fd": r["fd"],
+                "floor_fd": r["fd_real_vs_real"],
+                "seeds_gap": gap,
+                "within_seeds_gap": bool(abs(r["fd"] - card["fd"]) < gap),
+            }
+        )
+        print(f"{name}: rescored FD {r['fd']:.2f}, recorded {card['fd']:.2f} (seeds gap {gap:.2f})", flush=True)
+    rec = {"machine": machine(), "num": num, "sampling": SCORED_AS, "rows": rows}
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "rescore.json", rec)
+    table = markdown_table(
+        ["model", "recorded FD (seeds)", "rescored FD (float16 weights)", "floor", "within the seeds' gap"],
+        [
+            [
+                r["name"],
+                f"{r['recorded_fd']:.2f} ({', '.join(f'{v:.2f}' for v in r['recorded_fd_seeds'].values())})",
+                f"{r['rescored_fd']:.2f}",
+                f"{r['floor_fd']:.2f}",
+                "yes" if r["within_seeds_gap"] else "no",
+            ]
+            for r in rows
+        ],
+    )
+    (out / "rescore.md").write_text(f"{num} samples each, {rec['machine']}\n\n{table}\n")
+    print(table)
+    return rec
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="pretrained_weights.py", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("export")
+    e.add_argument("--workdir", type=Path, required=True)
+    e.add_argument("--record", type=Path, required=True)
+    e.add_argument("--name", required=True)
+    r = sub.add_parser("rescore")
+    r.add_argument("--data", type=Path, required=True, help="the MNIST IDX directory the models were trained on")
+    r.add_argument("--num", type=int, default=1000)
+    r.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "pretrained")
+    a = ap.parse_args(argv)
+    parallel.use_cpu_cores(250)
+    if a.command == "export":
+        export(a.workdir, a.record, a.name)
+    else:
+        rescore(a.data, a.num, a.out)
+
+
+if __name__ == "__main__":
+    main()
