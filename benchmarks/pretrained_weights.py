@@ -1,14 +1,15 @@
 """The shipped models: exported from train_compare runs, and rescored.
 
 python -m benchmarks.pretrained_weights export --workdir runs/<dir>/<run> --record benchmarks/results/<record> --name NAME
+    [--seeds_record benchmarks/results/<the comparison's record>]
 python -m benchmarks.pretrained_weights rescore --data <MNIST IDX dir> [--num 1000]
 
-`export` writes the run's final EMA params in float16 with its card (config, the FD its seed
-scored in the record, both seeds' FDs, the floor) to odediff/weights/NAME, and the test's
+`export` writes the run's final EMA params in float16 with its card (config, the FD it scored
+in the record, the comparison's seeds' FDs, the floor) to odediff/weights/NAME, and the test's
 reference draw to tests/fixtures/pretrained/NAME.npz. `rescore` draws --num samples of every
 shipped model as the record scored them (DDIM 25 steps, eta 0) and scores them against the
 same held-out split: the rescored FD should differ from the recorded one by less than the
-two seeds' gap. Writes benchmarks/results/pretrained/rescore.json and .md.
+comparison's two seeds' gap. Writes benchmarks/results/pretrained/rescore.json and .md.
 """
 
 import argparse
@@ -36,14 +37,18 @@ def check_draw(config, params) -> np.ndarray:
     return generate(config, params, CHECK["num"], seed=CHECK["seed"])[0]
 
 
-def export(workdir: Path, record_dir: Path, name: str) -> dict:
+def export(workdir: Path, record_dir: Path, name: str, seeds_dir: Path | None = None) -> dict:
+    """Ships a run's final EMA params; its FD from `record_dir`, the seeds' FDs from `seeds_dir`
+    (default the same record: a model retrained for shipping is set against its comparison's seeds)."""
     config, params, step = restore_run(workdir)
     record = json.loads((record_dir / "train_compare.json").read_text())
     run = record["runs"][workdir.name]
     scored = {e["step"]: e for e in run["evals"]}
     if step not in scored:
         sys.exit(f"pretrained_weights.py: {record_dir} scores {workdir.name} at {sorted(scored)}, not at step {step}")
-    model = record["summary"]["models"][run["model"]]
+    seeds_dir = seeds_dir or record_dir
+    seeds = json.loads((seeds_dir / "train_compare.json").read_text())
+    model = seeds["summary"]["models"][run["model"]]
     config.data.source = "idx:mnist"  # the training data's kind; sampling reads no data
     info = {
         "description": f"{run['model']} trained on the MNIST 10k test split at 16 px (9,000 images), seed {run['seed']}",
@@ -54,6 +59,7 @@ def export(workdir: Path, record_dir: Path, name: str) -> dict:
         "scored_as": f"1,000 DDIM samples ({record['protocol']['eval_steps']} steps, eta 0) against 1,000 held-out "
         "images, in a feature classifier's features",
         "record": str((record_dir.resolve() / "train_compare.json").relative_to(REPO)),
+        "seeds_record": str((seeds_dir.resolve() / "train_compare.json").relative_to(REPO)),
         "run": workdir.name,
     }
     size = pretrained.export(config, params, step, info, pretrained.WEIGHTS / name)
@@ -114,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--workdir", type=Path, required=True)
     e.add_argument("--record", type=Path, required=True)
     e.add_argument("--name", required=True)
+    e.add_argument("--seeds_record", type=Path, default=None, help="the record of the seeds to set it against")
     r = sub.add_parser("rescore")
     r.add_argument("--data", type=Path, required=True, help="the MNIST IDX directory the models were trained on")
     r.add_argument("--num", type=int, default=1000)
@@ -121,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     parallel.use_cpu_cores(250)
     if a.command == "export":
-        export(a.workdir, a.record, a.name)
+        export(a.workdir, a.record, a.name, a.seeds_record)
     else:
         rescore(a.data, a.num, a.out)
 

@@ -23,14 +23,15 @@ def test_the_shipped_models_are_small_and_carry_their_scores():
     assert size <= 10_000_000
     for name in NAMES:
         card = pretrained.card(name)
-        assert card["dtype"] in ("float16", "bfloat16") and card["fd"] in card["fd_seeds"].values()
+        assert card["dtype"] in ("float16", "bfloat16") and len(card["fd_seeds"]) == 2
         assert card["floor_fd"] == pytest.approx(np.mean(card["floor_fd_draws"]))
-        assert (
-            card["fd"]
-            == json.loads((pretrained.WEIGHTS.parents[1] / card["record"]).read_text())["runs"][card["run"]]["evals"][
-                -1
-            ]["fd"]
+        record, seeds = (
+            json.loads((pretrained.WEIGHTS.parents[1] / card[k]).read_text()) for k in ("record", "seeds_record")
         )
+        run = record["runs"][card["run"]]
+        assert card["fd"] == next(e["fd"] for e in run["evals"] if e["step"] == card["step"])
+        model = seeds["summary"]["models"][run["model"]]
+        assert card["fd_seeds"] == dict(zip(map(str, model["seeds"]), model["fd"]))
 
 
 @pytest.mark.parametrize("name", NAMES[1:])  # the first: through sample.py, below
