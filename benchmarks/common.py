@@ -3,10 +3,17 @@
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import jax
+
+
+def fail(prog: str, message: str):
+    """One line on stderr and exit code 2: what was wrong with the command."""
+    print(f"{prog}: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def median_time(fn, *args, repeats: int = 5) -> float:

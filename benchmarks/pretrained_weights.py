@@ -14,12 +14,11 @@ comparison's two seeds' gap. Writes benchmarks/results/pretrained/rescore.json a
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import machine, markdown_table, write_json
+from benchmarks.common import fail, machine, markdown_table, write_json
 from odediff import parallel, pretrained
 from odediff.evaluation import default_cache_dir, score_params
 from odediff.generation import generate, restore_run, with_sampling
@@ -37,15 +36,17 @@ def check_draw(config, params) -> np.ndarray:
     return generate(config, params, CHECK["num"], seed=CHECK["seed"])[0]
 
 
-def export(workdir: Path, record_dir: Path, name: str, seeds_dir: Path | None = None) -> dict:
+def export(workdir: Path, record_dir: Path, name: str, seeds_dir: Path | None = None, replace: bool = False) -> dict:
     """Ships a run's final EMA params; its FD from `record_dir`, the seeds' FDs from `seeds_dir`
     (default the same record: a model retrained for shipping is set against its comparison's seeds)."""
+    if (pretrained.WEIGHTS / name).exists() and not replace:
+        fail("pretrained_weights.py", f"{pretrained.WEIGHTS / name} exists: pass --replace to write it again")
     config, params, step = restore_run(workdir)
     record = json.loads((record_dir / "train_compare.json").read_text())
     run = record["runs"][workdir.name]
     scored = {e["step"]: e for e in run["evals"]}
     if step not in scored:
-        sys.exit(f"pretrained_weights.py: {record_dir} scores {workdir.name} at {sorted(scored)}, not at step {step}")
+        fail("pretrained_weights.py", f"{record_dir} scores {workdir.name} at {sorted(scored)}, not at step {step}")
     seeds_dir = seeds_dir or record_dir
     seeds = json.loads((seeds_dir / "train_compare.json").read_text())
     model = seeds["summary"]["models"][run["model"]]
@@ -121,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--record", type=Path, required=True)
     e.add_argument("--name", required=True)
     e.add_argument("--seeds_record", type=Path, default=None, help="the record of the seeds to set it against")
+    e.add_argument("--replace", action="store_true", help="write over a shipped model of that name")
     r = sub.add_parser("rescore")
     r.add_argument("--data", type=Path, required=True, help="the MNIST IDX directory the models were trained on")
     r.add_argument("--num", type=int, default=1000)
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     parallel.use_cpu_cores(250)
     if a.command == "export":
-        export(a.workdir, a.record, a.name, a.seeds_record)
+        export(a.workdir, a.record, a.name, a.seeds_record, a.replace)
     else:
         rescore(a.data, a.num, a.out)
 

@@ -11,7 +11,6 @@ measured here, the models alternating in this one process. Writes <out>/width_co
 """
 
 import argparse
-import sys
 from pathlib import Path
 
 import jax
@@ -20,7 +19,7 @@ import ml_collections
 import numpy as np
 
 from benchmarks import train_compare
-from benchmarks.common import machine, markdown_table, write_json
+from benchmarks.common import fail, machine, markdown_table, write_json
 from benchmarks.compare_report import final_scores, summarize
 from benchmarks.paper_table import alternated_medians, gflop
 from odediff.models import build_denoiser
@@ -178,7 +177,7 @@ def run(records: list[Path], out: Path, step: int, repeats: int) -> dict:
         record = json.loads(f.read_text())
         floor = floor or record["floor"]["fd"]
         if not np.allclose(record["floor"]["fd"], floor, rtol=1e-4):
-            sys.exit(f"width_compare.py: {path} was scored against another real-data floor: not comparable")
+            fail("width_compare.py", f"{path} was scored against another real-data floor: not comparable")
         es, skipped = entries(record, step, path.name)
         left_out += skipped
         for e in es:
@@ -186,7 +185,7 @@ def run(records: list[Path], out: Path, step: int, repeats: int) -> dict:
             batch = configs[e["label"]].training.batch_size
         models += es
     if not models:
-        sys.exit(f"width_compare.py: no model scored at step {step:,} in " + ", ".join(map(str, records)))
+        fail("width_compare.py", f"no model scored at step {step:,} in " + ", ".join(map(str, records)))
     calls, flops = step_fns(configs)
     seconds = alternated_medians(calls, repeats)
     for e in models:

@@ -48,15 +48,13 @@ def load(name: str) -> tuple[ml_collections.ConfigDict, Any]:
     return config, traverse_util.unflatten_dict(params)
 
 
-def export(
-    config: ml_collections.ConfigDict, params: Any, step: int, info: dict, out: str | Path, dtype: str = "float16"
-) -> int:
-    """Writes a model folder (params.npz in `dtype`, card.json with `info`) and returns its bytes."""
+def export(config: ml_collections.ConfigDict, params: Any, step: int, info: dict, out: str | Path) -> int:
+    """Writes a model folder (params.npz in float16, card.json with `info`) and returns its bytes."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     flat = traverse_util.flatten_dict(jax.device_get(params))
-    np.savez_compressed(out / "params.npz", **{"/".join(k): np.asarray(v).astype(dtype) for k, v in flat.items()})
+    np.savez_compressed(out / "params.npz", **{"/".join(k): np.asarray(v).astype(np.float16) for k, v in flat.items()})
     count = int(sum(np.size(v) for v in flat.values()))
-    full = {"config": config.to_dict(), "step": step, "params": count, "dtype": dtype, **info}
+    full = {"config": config.to_dict(), "step": step, "params": count, "dtype": "float16", **info}
     (out / "card.json").write_text(json.dumps(full, indent=1) + "\n")
     return sum(p.stat().st_size for p in out.iterdir())
