@@ -85,7 +85,7 @@ def plot(rec: dict, path: Path) -> None:
                 if r.get("block_solver"):
                     ax.annotate(f"{r['block_solver']} x{r['block_steps']}", (x, y), fontsize=7, xytext=(3, 3),
                                 textcoords="offset points", color=line.get_color())  # fmt: skip
-    ax.set(xscale="log", xlabel="milliseconds per image (compilation excluded)", ylabel="FD vs held-out")
+    ax.set(xscale="log", yscale="log", xlabel="milliseconds per image (compilation excluded)", ylabel="FD vs held-out")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()

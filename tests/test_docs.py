@@ -553,3 +553,40 @@ def test_the_readme_lists_every_shipped_model_with_its_fd_and_floor(readme):
         others = [v for k, v in card["fd_seeds"].items() if v != card["fd"]]
         assert f"`{name}`" in readme and f"{card['fd']:.2f}" in readme and f"floor {card['floor_fd']:.2f}" in readme
         assert _missing(readme, [f"{v:.2f}" for v in others]) == []
+
+
+def test_the_block_solver_table(page):
+    from benchmarks.block_solver import markdown
+
+    t = _json("block_solver/block_solver.json")
+    rows = [" ".join(line.split()) for line in markdown(t).splitlines() if line.startswith("| ")]
+    assert len(rows) == 13 and _missing(page, rows) == []
+    at = {(r["run"], r["block_solver"], r["sampler"]): r for r in t["rows"]}
+    heun, euler = (at["cunet_heun_lr0.004_s0", b, "dpmpp2m"] for b in ("heun", "euler"))
+    own = [at["cunet_heun_lr0.004_s0", "heun", s]["fd"] for s in ("dpmpp2m", "ddim")]
+    others = [r["fd"] for k, r in at.items() if k[1] not in ("", "heun")]
+    assert max(own) < min(others)  # "the solver the model was trained with is the best one"
+    quotes = [f"Euler x1 takes {euler['seconds_per_image'] / heun['seconds_per_image']:.2f}x Heun's time"]
+    assert _missing(page, quotes) == []
+
+
+def test_the_shipped_models_rescored_and_classified(page):
+    rows = {r["name"]: r for r in _json("pretrained/rescore.json")["rows"]}
+    cu, un = rows["mnist16-cunet-heun-nf8"], rows["mnist16-unet-ch16"]
+    assert cu["within_seeds_gap"] and un["within_seeds_gap"]
+    drops = [r["recorded_fd"] - r["rescored_fd"] for r in (cu, un)]
+    quotes = [
+        f"{cu['rescored_fd']:.2f} for the cU-Net and {un['rescored_fd']:.2f} for the U-Net",
+        f"each {min(drops):.2f}-{max(drops):.2f} below",
+        f"gap ({cu['seeds_gap']:.2f} and {un['seeds_gap']:.2f})",
+        f"is {cu['floor_fd']:.2f}",
+    ]
+    c = _json("pretrained/independent_classifier.json")
+    sets = c["sets"]
+    quotes += [
+        f"accuracy {c['test_accuracy']:.3f}",
+        f"labels {sets['samples_mnist16-cunet-heun-nf8']['confident_fraction']:.3f} of the cU-Net's",
+        f"{sets['samples_mnist16-unet-ch16']['confident_fraction']:.3f} of the U-Net's",
+        f"at least {100 * min(min(s['confident_histogram']) for n, s in sets.items() if 'samples' in n):.1f}%",
+    ]
+    assert _missing(page, quotes) == []
