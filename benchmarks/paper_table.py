@@ -261,15 +261,22 @@ def main() -> None:
             sched = make_schedule(c.diffusion.beta_schedule, c.diffusion.num_timesteps)
             state = jax.device_put(create_train_state(m, tx, c, jax.random.key(0)), params_sharding)
             xb, _ = inputs(c, a.batch)
-            tc = time.perf_counter()
-            low = jax.jit(make_train_step(m, tx, sched, c)).lower(state, xb)
-            comp = low.compile()
-            rec[name]["compile_train_step_s"] = time.perf_counter() - tc
-            rec[name][f"train_step_peak_bytes_xla_batch{a.batch}"] = memory(comp)
-            rec[name]["train_step_gflop"] = gflop(make_train_step(m, tx, sched, c), state, xb)
-            steps[name] = (lambda f, s, b: lambda: f(s, b)[1]["loss"])(comp, state, xb)
-        for name, s in alternated_medians(steps, a.repeats).items():
-            rec[name][f"train_step_batch{a.batch}_s"] = s
+            for tag, dtype in (("", "float32"), ("bf16_", "bfloat16")):  # training.compute_dtype
+                cd = c.copy_and_resolve_references()
+                cd.training.compute_dtype = dtype
+                tc = time.perf_counter()
+                comp = jax.jit(make_train_step(m, tx, sched, cd)).lower(state, xb).compile()
+                if not tag:
+                    rec[name]["compile_train_step_s"] = time.perf_counter() - tc
+                    rec[name][f"train_step_peak_bytes_xla_batch{a.batch}"] = memory(comp)
+                    rec[name]["train_step_gflop"] = gflop(make_train_step(m, tx, sched, cd), state, xb)
+                steps[name, tag] = (lambda f, s, b: lambda: f(s, b)[1]["loss"])(comp, state, xb)
+        for (name, tag), s in alternated_medians(steps, a.repeats).items():
+            rec[name][f"train_step_{tag}batch{a.batch}_s"] = s
+        for name in configs:
+            rec[name]["train_step_bf16_over_f32"] = (
+                rec[name][f"train_step_bf16_batch{a.batch}_s"] / rec[name][f"train_step_batch{a.batch}_s"]
+            )
         for name, c in configs.items():
             rec[name].update(step_memory_variants(name, c, a.batch, params_sharding))
         stats = jax.devices()[0].memory_stats() or {}
@@ -291,6 +298,12 @@ def main() -> None:
         )
     keys += [
         (f"train_step_batch{a.batch}_s", f"training step, batch {a.batch} (ms)", lambda v: f"{1e3 * v:.1f}"),
+        (
+            f"train_step_bf16_batch{a.batch}_s",
+            f"training step, batch {a.batch}, bfloat16 compute (ms)",
+            lambda v: f"{1e3 * v:.1f}",
+        ),
+        ("train_step_bf16_over_f32", "training step, bfloat16 / float32 time", lambda v: f"{v:.3f}"),
         ("train_step_gflop", f"training step GFLOP, batch {a.batch}", lambda v: f"{v:.1f}"),
         (
             f"train_step_peak_bytes_xla_batch{a.batch}",
