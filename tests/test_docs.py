@@ -590,3 +590,34 @@ def test_the_shipped_models_rescored_and_classified(page):
         f"at least {100 * min(min(s['confident_histogram']) for n, s in sets.items() if 'samples' in n):.1f}%",
     ]
     assert _missing(page, quotes) == []
+
+
+def test_the_papers_table_rerun_with_todays_defaults_and_bfloat16_steps(page):
+    t = _json("paper_table_cpu_today.json")
+    assert t["machine"].startswith("cpu:cpu x2") and t["repeats"] == 5 and t["devices"] == 2
+    c, u = t["models"]["cunet"], t["models"]["unet"]
+    assert c["params"] == 8_786_979 and u["params"] == 35_746_307
+
+    def row(label, key, fmt, scale=1.0):
+        return f"| {label} | {fmt(c[key] * scale)} | {fmt(u[key] * scale)} | {c[key] / u[key]:.3f} |"
+
+    rows = [
+        row("forward, batch 16 (ms)", "forward_batch16_s", lambda v: f"{v:.1f}", 1e3),
+        row("DDIM 256, one image (s)", "ddim256_per_image_s", lambda v: f"{v:.3f}"),
+        row("training step, batch 16 (ms)", "train_step_batch16_s", lambda v: f"{v:.1f}", 1e3),
+        row("training step, batch 16, bfloat16 compute (ms)", "train_step_bf16_batch16_s", lambda v: f"{v:.1f}", 1e3),
+        row("training step GFLOP, batch 16", "train_step_gflop", lambda v: f"{v:.1f}"),
+    ]
+    rows += [
+        f"| {s['solver']} x{s['ode_steps']} | {s['evaluations_per_block']} | {s['gflop_per_image']:.2f} | "
+        f"{s['flops_ratio_to_unet']:.3f} | {s['forward_batch16_s'] * 1e3:.1f} |"
+        for s in t["solvers"]
+    ]
+    quotes = [
+        f"the cU-Net's step takes {c['train_step_bf16_over_f32']:.3f}x its float32 time, the U-Net's "
+        f"{u['train_step_bf16_over_f32']:.3f}x",
+        f"training step {c['train_step_batch16_s'] / u['train_step_batch16_s']:.3f}, below its FLOPs ratio "
+        f"({c['train_step_gflop'] / u['train_step_gflop']:.3f})",
+    ]
+    assert c["train_step_bf16_over_f32"] > 1 > u["train_step_bf16_over_f32"] > 0.9  # "buys little"
+    assert _missing(page, rows + quotes) == []
