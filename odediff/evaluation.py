@@ -344,43 +344,15 @@ def format_metrics(result: dict) -> str:
 
 
 def score_run(
-    workdir: str | Path,
-    *,
-    step: int | None = None,
-    num: int = 1000,
-    sampling: dict | None = None,
-    seed: int = 0,
-    batch: int = 250,
-    labels: np.ndarray | None = None,
-    null_class: bool = False,
-    cache_dir: str | Path | None = None,
-    inception_weights: str | None = None,
-    classifier_steps: int = 1000,
-    num_real: int | None = None,
+    workdir: str | Path, *, step: int | None = None, cache_dir: str | Path | None = None, **options: Any
 ) -> tuple[dict, np.ndarray]:
     """Restores a run's EMA params (newest step unless `step`) and scores them with
-    `score_params`; the result also names the workdir."""
+    `score_params` (`options`: its keyword arguments; `cache_dir` defaults to the run's);
+    the result also names the workdir."""
     from odediff.generation import restore_run
 
-    if num < 2:
-        raise ConfigError(f"--num must be at least 2, got {num}")
     config, params, step = restore_run(workdir, step)
-    cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir(workdir)
-    result, samples = score_params(
-        config,
-        params,
-        step,
-        num=num,
-        sampling=sampling,
-        seed=seed,
-        batch=batch,
-        labels=labels,
-        null_class=null_class,
-        cache_dir=cache_dir,
-        inception_weights=inception_weights,
-        classifier_steps=classifier_steps,
-        num_real=num_real,
-    )
+    result, samples = score_params(config, params, step, cache_dir=cache_dir or default_cache_dir(workdir), **options)
     return {"workdir": str(workdir), **result}, samples
 
 
