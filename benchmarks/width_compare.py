@@ -11,6 +11,7 @@ measured here, the models alternating in this one process. Writes <out>/width_co
 """
 
 import argparse
+import json
 from pathlib import Path
 
 import jax
@@ -166,8 +167,6 @@ def plot(rec: dict, path: Path) -> None:
 
 def run(records: list[Path], out: Path, step: int, repeats: int) -> dict:
     """Reads the records, measures FLOPs and step times, writes <out>/width_compare.*."""
-    import json
-
     models, left_out, configs, floor, batch = [], [], {}, None, None
     for path in records:
         f = path / "train_compare.json"
