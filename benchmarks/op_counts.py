@@ -80,25 +80,40 @@ def _opcode(rhs: str) -> str:
     return m.group(1) if m else "?"
 
 
-def parse_hlo(text: str) -> tuple[str, dict[str, list[tuple[str, str]]]]:
-    """(entry name, {computation: [(opcode, attributes text)]}) of an HLO module's text."""
-    comps: dict[str, list[tuple[str, str]]] = {}
-    entry, current = "", None
+def _instruction_lines(text: str):
+    """(computation, whether it is the entry, instruction name, right-hand side) of each instruction."""
+    current, is_entry = None, False
     for line in text.splitlines():
         if current is None:
             m = _HEADER.match(line)
             if m and "=" not in line.split("(")[0]:
-                current = m.group(2)
-                comps[current] = []
-                entry = current if m.group(1) else entry
+                current, is_entry = m.group(2), bool(m.group(1))
+                yield current, is_entry, None, None
             continue
         if line.strip() == "}":
             current = None
             continue
         m = _INSTRUCTION.match(line)
         if m:
-            comps[current].append((_opcode(m.group(2)), m.group(2)))
+            yield current, is_entry, m.group(1), m.group(2)
+
+
+def parse_hlo(text: str) -> tuple[str, dict[str, list[tuple[str, str]]]]:
+    """(entry name, {computation: [(opcode, attributes text)]}) of an HLO module's text."""
+    comps: dict[str, list[tuple[str, str]]] = {}
+    entry = ""
+    for comp, is_entry, _name, rhs in _instruction_lines(text):
+        entry = comp if is_entry else entry
+        if rhs is None:
+            comps[comp] = []
+        else:
+            comps[comp].append((_opcode(rhs), rhs))
     return entry, comps
+
+
+def instructions(text: str) -> dict[str, tuple[str, str, str]]:
+    """{instruction name: (computation, opcode, attributes text)} of an HLO module's text."""
+    return {name: (comp, _opcode(rhs), rhs) for comp, _e, name, rhs in _instruction_lines(text) if rhs is not None}
 
 
 def _called(rhs: str) -> list[tuple[str, str]]:

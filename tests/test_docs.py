@@ -621,3 +621,68 @@ def test_the_papers_table_rerun_with_todays_defaults_and_bfloat16_steps(page):
     ]
     assert c["train_step_bf16_over_f32"] > 1 > u["train_step_bf16_over_f32"] > 0.9  # "buys little"
     assert _missing(page, rows + quotes) == []
+
+
+def _op_profile_rows(runs: list[dict]) -> list[str]:
+    """The docs' table of the two op_profile runs, row by row (each cell: run 1, run 2)."""
+    rows = []
+    for m in ("cunet_heun", "cunet_rk4", "unet"):
+        for part, name in (("train_step", "training step"), ("forward", "forward")):
+            cells = [
+                ", ".join(f"{r['models'][m][part]['lax_conv_wall_ms']:.1f}" for r in runs),
+                ", ".join(f"{r['models'][m][part]['wall_ms']:.1f}" for r in runs),
+            ]
+            if m != "unet":
+                ratios = [r["ratios_to_unet"][m][part] for r in runs]
+                cells += [
+                    ", ".join(f"{q['lax_conv_time_over_flops']:.2f}" for q in ratios),
+                    ", ".join(f"{q['time_over_flops']:.2f}" for q in ratios),
+                ]
+            else:
+                cells += ["", ""]
+            rows.append(f"| {m} | {name} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def test_op_profile(page):
+    runs = [_json("op_profile/op_profile.json"), _json("op_profile_lax_conv/op_profile.json")]
+    assert [r["models"]["cunet_heun"]["train_step"]["profiled"] for r in runs] == ["library", "lax convolutions"]
+    ratios = [
+        r["ratios_to_unet"][m][p] for r in runs for m in ("cunet_heun", "cunet_rk4") for p in ("train_step", "forward")
+    ]
+    now = [q["time_over_flops"] for q in ratios]
+    before = [q["lax_conv_time_over_flops"] for q in ratios]
+    heun = runs[1]["models"]["cunet_heun"]["forward"]
+    slow = [o for o in heun["top_ops"] if "ODEBlock_3" in o["source"]]
+    diffs = [
+        runs[0]["models"][m][p]["max_rel_diff_to_lax_conv"]
+        for m in runs[0]["models"]
+        for p in ("train_step", "forward")
+    ]
+    quotes = _op_profile_rows(runs) + [
+        f"within {max(now):.2f}x of its FLOPs ratio (before: {min(before):.2f}-{max(before):.2f}x)",
+        f"{sum(o['share'] for o in slow):.0%} of its op time in four convolutions",
+        f"largest relative difference {max(diffs):.0e}",
+    ]
+    rows = {m: [r["models"][m][p] for r in runs for p in ("train_step", "forward")] for m in runs[0]["models"]}
+    speedup = {m: [q["lax_conv_wall_ms"] / q["wall_ms"] for q in v] for m, v in rows.items()}
+    cunets = [m for m in rows if m != "unet"]
+    step_speedup = [s for m in cunets for s in speedup[m][0::2]]
+    forward_speedup = [s for m in cunets for s in speedup[m][1::2]]
+    conv = {m: [q["categories"]["conv/dot"]["ms"] / q["op_ms"] for q in v[:2]] for m, v in rows.items()}  # run 1
+    rate = {m: [q["conv_gflop_per_s"] for q in v[:2]] for m, v in rows.items()}
+    cu_conv, cu_rate = [c for m in cunets for c in conv[m]], [c for m in cunets for c in rate[m]]
+    step = runs[0]["models"]["cunet_heun"]["train_step"]
+    quotes += [
+        f"{min(step_speedup):.2f}-{max(step_speedup):.2f}x less time than before",
+        f"forwards {min(forward_speedup):.2f}-{max(forward_speedup):.2f}x less",
+        f"within the noise ({min(speedup['unet']):.2f}-{max(speedup['unet']):.2f}x)",
+        f"take {min(cu_conv):.0%}-{max(cu_conv):.0%} of the cU-Nets' op time".replace("%-", "-"),
+        f"{min(conv['unet']):.0%}-{max(conv['unet']):.0%} of the U-Net's".replace("%-", "-"),
+        f"at {min(cu_rate):.0f}-{max(cu_rate):.0f} GFLOP/s of op time against the U-Net's "
+        f"{min(rate['unet']):.0f}-{max(rate['unet']):.0f}",
+        f"{step['gflop_as_compiled']:.2f} GFLOP against {step['gflop']:.2f} for the Heun step",
+        f"about {statistics.mean(o['ms'] for o in slow):.0f} ms each for {slow[0]['gflop']:.3f} GFLOP",
+    ]
+    assert len(slow) == 4 and max(now) < 1.3
+    assert _missing(page, [" ".join(q.split()) for q in quotes]) == []

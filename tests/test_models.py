@@ -9,7 +9,7 @@ import pytest
 from helpers import perturbed
 from odediff.config import default_config, load_config_file
 from odediff.models import build_denoiser, with_block_solver
-from odediff.models.layers import GroupNorm, softplus
+from odediff.models.layers import Conv, GroupNorm, softplus
 from odediff.models.ode import ODEBlock, ODESettings
 from odediff.train_state import init_params
 
@@ -262,6 +262,32 @@ def test_group_norm_and_its_gradients_match_flax(groups, shape):
     grad = lambda m: jax.jit(jax.grad(lambda p, x: jnp.sum(w * jnp.sin(m.apply(p, x))), argnums=(0, 1)))(params, x)
     for a, b in zip(jax.tree.leaves(grad(ours)), jax.tree.leaves(grad(theirs))):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(b))))
+
+
+@pytest.mark.parametrize(
+    "image, kernel, padding",
+    [((2, 2), (3, 3), "SAME"), ((1, 1), (3, 3), "SAME"), ((2, 3), (3, 5), "SAME"), ((2, 2), (3, 3), ((2, 0), (1, 1)))],
+)
+def test_a_conv_on_an_image_smaller_than_its_kernel_is_one_product_with_flax_conv_s_outputs_and_gradients(
+    image, kernel, padding
+):
+    x = jax.random.normal(jax.random.key(0), (3, *image, 8))
+    ours, theirs = Conv(6, kernel, padding=padding), nn.Conv(6, kernel, padding=padding)
+    params = theirs.init(jax.random.key(1), x)
+    assert jax.tree.map(jnp.shape, ours.init(jax.random.key(1), x)) == jax.tree.map(jnp.shape, params)
+    hlo = jax.jit(ours.apply).lower(params, x).as_text()
+    assert "convolution" not in hlo and "dot_general" in hlo
+    np.testing.assert_allclose(ours.apply(params, x), theirs.apply(params, x), rtol=1e-5, atol=1e-5)
+    grad = lambda m: jax.grad(lambda p, x: jnp.sum(jnp.sin(m.apply(p, x))), argnums=(0, 1))(params, x)
+    for a, b in zip(jax.tree.leaves(grad(ours)), jax.tree.leaves(grad(theirs))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_a_conv_on_an_image_as_large_as_its_kernel_or_strided_stays_a_convolution():
+    for shape, kw in [((2, 3, 3, 4), {}), ((2, 2, 2, 4), {"strides": 2}), ((2, 2, 2, 4), {"feature_group_count": 2})]:
+        x = jnp.ones(shape)
+        m = Conv(4, (3, 3), **kw)
+        assert "convolution" in jax.jit(m.apply).lower(m.init(jax.random.key(0), x), x).as_text()
 
 
 def test_group_norm_film_is_the_written_out_formula():

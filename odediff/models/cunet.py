@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from odediff.models.layers import LabelEmbed, SelfAttention, TimeMLP, make_norm, softplus
+from odediff.models.layers import Conv, LabelEmbed, SelfAttention, TimeMLP, make_norm, softplus
 from odediff.models.ode import ODEBlock, ODESettings
 
 # config.model.cunet's names for the ODESettings fields.
@@ -69,21 +69,21 @@ class CUNet(nn.Module):
         # The release normalises x_t itself first, and the paper's stem normalises the
         # conv's features too: both erase each image's mean and scale, which a denoiser
         # needs (samples came out with grey backgrounds). `stem_norm` keeps the second.
-        h = softplus(nn.Conv(self.nf, (3, 3))(x))
+        h = softplus(Conv(self.nf, (3, 3))(x))
         widths = [self.nf * m for m in self.ch_mult]
         if self.stem_norm:
             h = make_norm(self.norm, self.nf)(h)
-        h = softplus(nn.Conv(widths[0], (1, 1))(h))
+        h = softplus(Conv(widths[0], (1, 1))(h))
 
         skips = []
         for width, next_width in zip(widths, widths[1:] + [2 * widths[-1]]):
             h = self._attend(self._block(width)(h, temb))
             skips.append(h)
-            h = _resize(nn.Conv(next_width, (1, 1))(h), 0.5)
+            h = _resize(Conv(next_width, (1, 1))(h), 0.5)
         h = self._block(h.shape[-1])(h, temb)
         for skip in reversed(skips):
             h = jnp.concatenate([_resize(h, 2.0), skip], axis=-1)
-            h = nn.Conv(skip.shape[-1], (1, 1))(h)
+            h = Conv(skip.shape[-1], (1, 1))(h)
             h = self._attend(self._block(skip.shape[-1])(h, temb))
-        out = nn.Conv(self.out_channels or x.shape[-1], (1, 1), kernel_init=nn.initializers.zeros)
+        out = Conv(self.out_channels or x.shape[-1], (1, 1), kernel_init=nn.initializers.zeros)
         return out(h)

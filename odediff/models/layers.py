@@ -1,10 +1,12 @@
-"""Layers shared by both denoisers: time embedding, norms, attention."""
+"""Layers shared by both denoisers: convolution, time embedding, norms, attention."""
 
+import functools
 import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 NORMS = ("group", "instance")
 
@@ -42,6 +44,40 @@ softplus.defvjp(_softplus_fwd, _softplus_bwd)
 
 
 ACTIVATIONS = {"swish": nn.swish, "softplus": softplus}
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def conv_general_dilated(
+    lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, **kwargs
+) -> jax.Array:
+    """`lax.conv_general_dilated`, computed as one matrix product of the kernel's shifted views
+    where the image is smaller than the kernel (a 3x3 convolution at 2x2 pixels). XLA:CPU
+    rewrites such a convolution into a form its fast kernels do not take: at 2x2x128, batch 64,
+    8x slower forward and 5x slower gradient than the product (`benchmarks/op_profile.py`)."""
+    dn, groups = kwargs.get("dimension_numbers"), kwargs.get("feature_group_count", 1)
+    size, window = lhs.shape[1:-1], rhs.shape[:-2]
+    plain = (
+        lhs.ndim != 4
+        or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dn)
+        != lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+        or groups != 1
+        or any(v != 1 for v in (*window_strides, *(lhs_dilation or ()), *(rhs_dilation or ())))
+        or all(s >= k for s, k in zip(size, window))
+    )
+    pads = lax.padtype_to_pads(size, window, window_strides, padding) if isinstance(padding, str) else padding
+    if plain or any(p < 0 for pair in pads for p in pair):
+        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, **kwargs)
+    x = jnp.pad(lhs, ((0, 0), *pads, (0, 0)))
+    (kh, kw), (oh, ow) = window, (x.shape[1] - window[0] + 1, x.shape[2] - window[1] + 1)
+    views = jnp.concatenate([x[:, i : i + oh, j : j + ow] for i in range(kh) for j in range(kw)], axis=-1)
+    return lax.dot_general(
+        views, rhs.reshape(-1, rhs.shape[-1]), (((3,), (0,)), ((), ())), precision=kwargs.get("precision")
+    )
+
+
+Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
+"""`nn.Conv` (same parameters) with `conv_general_dilated` above."""
 
 
 def timestep_embedding(t: jax.Array, dim: int) -> jax.Array:

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from odediff.models.layers import make_norm, softplus
+from odediff.models.layers import Conv, make_norm, softplus
 
 _RK4_TABLEAU = diffrax.ButcherTableau(
     c=np.array([0.5, 0.5, 1.0]),
@@ -170,11 +170,11 @@ class VectorField(nn.Module):
     def __call__(self, y: jax.Array, scale: jax.Array, shift: jax.Array) -> jax.Array:
         if self.kind not in FIELDS:
             raise ValueError(f"unknown ODE field {self.kind!r}: use one of {FIELDS}")
-        h = softplus(nn.Conv(self.channels, (3, 3))(make_norm(self.norm, self.channels)(y)))
+        h = softplus(Conv(self.channels, (3, 3))(make_norm(self.norm, self.channels)(y)))
         h = make_norm(self.norm, self.channels)(h, scale, shift)
         if self.kind == "release":
-            return softplus(nn.Conv(self.channels, (3, 3))(h)) + y
-        return nn.Conv(self.channels, (3, 3), kernel_init=nn.initializers.zeros)(softplus(h))
+            return softplus(Conv(self.channels, (3, 3))(h)) + y
+        return Conv(self.channels, (3, 3), kernel_init=nn.initializers.zeros)(softplus(h))
 
 
 class ODEBlock(nn.Module):

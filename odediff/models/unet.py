@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from odediff.models.layers import GroupNorm, LabelEmbed, SelfAttention, TimeMLP, default_num_groups
+from odediff.models.layers import Conv, GroupNorm, LabelEmbed, SelfAttention, TimeMLP, default_num_groups
 
 _zeros = nn.initializers.zeros  # Ho et al. zero-initialise each residual branch's last conv
 
@@ -28,13 +28,13 @@ class ResBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, temb: jax.Array, train: bool) -> jax.Array:
         norm = lambda c: GroupNorm(num_groups(c, self.norm_groups))
-        h = nn.Conv(self.out_ch, (3, 3))(nn.swish(norm(x.shape[-1])(x)))
+        h = Conv(self.out_ch, (3, 3))(nn.swish(norm(x.shape[-1])(x)))
         h = h + nn.Dense(self.out_ch)(nn.swish(temb))[:, None, None, :]
         h = nn.swish(norm(self.out_ch)(h))
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
-        h = nn.Conv(self.out_ch, (3, 3), kernel_init=_zeros)(h)
+        h = Conv(self.out_ch, (3, 3), kernel_init=_zeros)(h)
         if x.shape[-1] != self.out_ch:
-            x = nn.Conv(self.out_ch, (1, 1), name="nin_shortcut")(x)
+            x = Conv(self.out_ch, (1, 1), name="nin_shortcut")(x)
         return x + h
 
 
@@ -68,7 +68,7 @@ class UNet(nn.Module):
         block_cls = nn.remat(ResBlock, static_argnums=(3,)) if self.remat else ResBlock
         count = iter(range(1 << 20))
         ResBlock_ = lambda *a: block_cls(*a, name=f"ResBlock_{next(count)}")  # noqa: N806
-        hs = [nn.Conv(self.ch, (3, 3))(x)]
+        hs = [Conv(self.ch, (3, 3))(x)]
         for level, mult in enumerate(self.ch_mult):
             for _ in range(self.num_res_blocks):
                 h = ResBlock_(self.ch * mult, self.dropout, self.norm_groups)(hs[-1], temb, train)
@@ -76,7 +76,7 @@ class UNet(nn.Module):
                     h = _attention(h, self.norm_groups)
                 hs.append(h)
             if level != len(self.ch_mult) - 1:
-                hs.append(nn.Conv(hs[-1].shape[-1], (3, 3), strides=(2, 2))(hs[-1]))
+                hs.append(Conv(hs[-1].shape[-1], (3, 3), strides=(2, 2))(hs[-1]))
         h = ResBlock_(hs[-1].shape[-1], self.dropout, self.norm_groups)(hs[-1], temb, train)
         h = _attention(h, self.norm_groups)
         h = ResBlock_(h.shape[-1], self.dropout, self.norm_groups)(h, temb, train)
@@ -90,6 +90,6 @@ class UNet(nn.Module):
             if level != 0:
                 b, hh, ww, c = h.shape
                 h = jax.image.resize(h, (b, 2 * hh, 2 * ww, c), "nearest")
-                h = nn.Conv(c, (3, 3))(h)
+                h = Conv(c, (3, 3))(h)
         h = nn.swish(GroupNorm(num_groups(h.shape[-1], self.norm_groups))(h))
-        return nn.Conv(self.out_channels or x.shape[-1], (3, 3), kernel_init=_zeros)(h)
+        return Conv(self.out_channels or x.shape[-1], (3, 3), kernel_init=_zeros)(h)

@@ -1,0 +1,57 @@
+"""benchmarks/op_profile.py: the convolutions' FLOPs read from the HLO, and op time from a trace."""
+
+import jax
+import jax.numpy as jnp
+
+from benchmarks import op_counts, op_profile
+
+
+def _f(x, w):
+    y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jnp.sin(y).mean(axis=(1, 2))
+
+
+def test_each_op_is_classified_and_the_flops_of_a_convolution_and_a_product_are_read_from_their_shapes():
+    x, w = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 5))
+    conv_only = jax.jit(
+        lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    )
+    kinds = op_profile.classify(op_counts.instructions(conv_only.lower(x, w).compile().as_text()))
+    (conv,) = [k for k in kinds.values() if k[0] == "conv/dot"]
+    assert conv[1] * 1e9 == 2 * (2 * 8 * 8 * 5) * (3 * 3 * 3)  # output elements x the input window, 2 per MAC
+    a, b = jnp.ones((6, 7, 5)), jnp.ones((5, 3))
+    kinds = op_profile.classify(op_counts.instructions(jax.jit(jnp.matmul).lower(a, b).compile().as_text()))
+    (dot,) = [k for k in kinds.values() if k[0] == "conv/dot"]
+    assert dot[1] * 1e9 == 2 * (6 * 7 * 3) * 5
+    kinds = op_profile.classify(op_counts.instructions(jax.jit(_f).lower(x, w).compile().as_text()))
+    assert {k[0] for k in kinds.values()} >= {"conv/dot", "reduction"}
+    assert all(k[0] in op_profile.CATEGORIES for k in kinds.values())
+
+
+def test_a_traced_call_gives_each_category_its_op_time_and_names_the_longest_ops(tmp_path):
+    x, w = jnp.ones((4, 16, 16, 8)), jnp.ones((3, 3, 8, 8))
+    r = op_profile.profile(jax.jit(_f).lower(x, w).compile(), (x, w), calls=2, trace_dir=tmp_path)
+    cats = r["categories"]
+    assert set(cats) == set(op_profile.CATEGORIES)
+    assert cats["conv/dot"]["ms"] > 0 and cats["conv/dot"]["ops"] == 1
+    assert abs(cats["conv/dot"]["conv_gflop"] * 1e9 - 2 * (4 * 16 * 16 * 8) * (3 * 3 * 8)) < 1
+    assert abs(r["op_ms"] - sum(c["ms"] for c in cats.values())) < 1e-9
+    assert r["top_ops"][0]["ms"] == max(o["ms"] for o in r["top_ops"]) and r["ops_run"] >= 2
+    assert any(o["category"] == "conv/dot" and "conv_general_dilated" in o["source"] for o in r["top_ops"])
+
+
+def test_ratios_divide_each_model_by_the_unet_with_either_convolution():
+    def rec(ms, lax_ms, gflop):
+        cats = {c: {"ms": ms / 4, "ops": 1, "conv_gflop": 0} for c in op_profile.CATEGORIES}
+        part = {"wall_ms": ms, "lax_conv_wall_ms": lax_ms, "gflop": gflop, "op_ms": ms, "categories": cats}
+        return {"train_step": part, "forward": part}
+
+    r = op_profile.ratios({"unet": rec(100.0, 100.0, 10.0), "cunet_heun": rec(30.0, 60.0, 2.0)})
+    assert set(r) == {"cunet_heun"}
+    step = {k: round(v, 6) for k, v in r["cunet_heun"]["train_step"].items()}
+    assert (step["time"], step["flops"], step["time_over_flops"], step["lax_conv_time_over_flops"]) == (
+        0.3,
+        0.2,
+        1.5,
+        3.0,
+    )
