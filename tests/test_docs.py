@@ -644,7 +644,7 @@ def _op_profile_rows(runs: list[dict]) -> list[str]:
     return rows
 
 
-def test_op_profile(page):
+def test_op_profile(page, readme):
     runs = [_json("op_profile/op_profile.json"), _json("op_profile_lax_conv/op_profile.json")]
     assert [r["models"]["cunet_heun"]["train_step"]["profiled"] for r in runs] == ["library", "lax convolutions"]
     ratios = [
@@ -686,3 +686,4 @@ def test_op_profile(page):
     ]
     assert len(slow) == 4 and max(now) < 1.3
     assert _missing(page, [" ".join(q.split()) for q in quotes]) == []
+    assert f"time ratio within {max(now):.2f}x of its FLOPs ratio" in readme
