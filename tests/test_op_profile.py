@@ -55,3 +55,21 @@ def test_ratios_divide_each_model_by_the_unet_with_either_convolution():
         1.5,
         3.0,
     )
+
+
+def test_the_lax_build_convolves_where_the_library_multiplies():
+    from helpers import tiny_config
+    from odediff.models import build_denoiser
+
+    c = tiny_config("cunet")
+    c.data.image_size = 4  # the bottom block at 2x2, smaller than its 3x3 kernel
+    x, t = jnp.zeros((2, 4, 4, 1)), jnp.zeros((2,), jnp.int32)
+
+    def convolutions() -> int:
+        model = build_denoiser(c.model)
+        params = jax.eval_shape(model.init, jax.random.key(0), x, t)
+        return jax.jit(model.apply).lower(params, x, t).as_text().count("stablehlo.convolution")
+
+    with op_profile.lax_convolutions():
+        lax_build = convolutions()
+    assert lax_build > convolutions() > 0

@@ -52,9 +52,9 @@ def conv_general_dilated(
     lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, **kwargs
 ) -> jax.Array:
     """`lax.conv_general_dilated`, computed as one matrix product of the kernel's shifted views
-    where the image is smaller than the kernel (a 3x3 convolution at 2x2 pixels). XLA:CPU
-    rewrites such a convolution into a form its fast kernels do not take: at 2x2x128, batch 64,
-    8x slower forward and 5x slower gradient than the product (`benchmarks/op_profile.py`)."""
+    where the image is smaller than the kernel (a 3x3 convolution at 2x2 pixels): XLA:CPU
+    rewrites such a convolution (image and kernel swapped) into a form that its fast
+    convolution kernels do not take (docs/results.md, "Where the time goes, op by op")."""
     dn, groups = kwargs.get("dimension_numbers"), kwargs.get("feature_group_count", 1)
     size, window = lhs.shape[1:-1], rhs.shape[:-2]
     plain = (
