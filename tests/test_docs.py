@@ -674,8 +674,8 @@ def test_op_profile(page, readme):
     cu_conv, cu_rate = [c for m in cunets for c in conv[m]], [c for m in cunets for c in rate[m]]
     step = runs[0]["models"]["cunet_heun"]["train_step"]
     quotes += [
-        f"{min(step_speedup):.2f}-{max(step_speedup):.2f}x less time than before",
-        f"forwards {min(forward_speedup):.2f}-{max(forward_speedup):.2f}x less",
+        f"steps run {min(step_speedup):.2f}-{max(step_speedup):.2f}x faster than before",
+        f"forwards {min(forward_speedup):.2f}-{max(forward_speedup):.2f}x faster",
         f"within the noise ({min(speedup['unet']):.2f}-{max(speedup['unet']):.2f}x)",
         f"take {min(cu_conv):.0%}-{max(cu_conv):.0%} of the cU-Nets' op time".replace("%-", "-"),
         f"{min(conv['unet']):.0%}-{max(conv['unet']):.0%} of the U-Net's".replace("%-", "-"),
