@@ -29,7 +29,7 @@ TINY = [
     "--config.model.cunet.time_embed_dim=8",
     "--config.model.unet.ch=16",
     "--config.model.unet.ch_mult=(1,)",
-    "--config.model.unet.num_res_blocks=1",
+    "--config.model.unet.num_res_blocks=0",
     "--config.data.image_size=8",
     "--config.training.batch_size=8",
     "--config.training.log_every=2",
@@ -56,7 +56,7 @@ def tiny_config(name: str = "cunet", config_file: str = "digits.py"):
     c = load_config_file(REPO / "configs" / config_file)
     c.model.name = name
     c.model.cunet.update(nf=4, ch_mult=(1,), time_embed_dim=8)
-    c.model.unet.update(ch=16, ch_mult=(1,), num_res_blocks=1)
+    c.model.unet.update(ch=16, ch_mult=(1,), num_res_blocks=0)
     c.data.image_size = 8
     c.training.update(batch_size=8, log_every=2, sample_every=1000, checkpoint_every=2)
     c.sampling.update(num_samples=4, steps=3)

@@ -21,7 +21,7 @@ def test_quickstart_notebook_executes(tmp_path):
     nb = nbformat.read(NOTEBOOK, as_version=4)
     # a shorter training loop, set after the cell tagged "parameters" as papermill would
     (at,) = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
-    nb.cells.insert(at + 1, nbformat.v4.new_code_cell("train_steps = 60"))
+    nb.cells.insert(at + 1, nbformat.v4.new_code_cell("train_steps = 40"))
     client = nbclient.NotebookClient(
         nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
     )
