@@ -687,3 +687,4 @@ def test_op_profile(page, readme):
     assert len(slow) == 4 and max(now) < 1.3
     assert _missing(page, [" ".join(q.split()) for q in quotes]) == []
     assert f"time ratio within {max(now):.2f}x of its FLOPs ratio" in readme
+    assert f"cU-Net steps now {min(step_speedup):.2f}-{max(step_speedup):.2f}x faster" in readme
