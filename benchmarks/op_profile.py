@@ -14,7 +14,8 @@ forward (one sampling step's evaluation), each compiled for one CPU device:
 - GFLOP: XLA's cost analysis of the call built with lax convolutions (the library's form of a
   convolution on an image smaller than its kernel also multiplies the zero padding);
 - a `jax.profiler` trace of `--calls` calls, each XLA op's events summed over the runtime's
-  threads (CPU time, so a call's op time can exceed its wall time when ops run in parallel) and
+  threads (CPU time, so a call's op time can exceed its wall time when ops run in parallel; on
+  a GPU or TPU its kernels' time by their `hlo_op`, library kernels no op names apart) and
   sorted into categories by the op's HLO: conv/dot (a convolution or matrix product, or a
   fusion around one, with its GFLOP from the shapes), reduction, copy/transpose (data movement
   only), elementwise (any other fusion or op);
@@ -113,22 +114,47 @@ def _source(rhs: str) -> str:
     return re.sub(r"^jit\([^)]*\)/", "", m.group(1)) if m else ""
 
 
-def profile(compiled, args: tuple, calls: int, trace_dir: Path) -> dict:
-    """Op time per call of a compiled function, by category, with its ten longest ops."""
-    instrs = instructions(compiled.as_text())
-    kinds = classify(instrs)
-    jax.block_until_ready(compiled(*args))
-    with jax.profiler.trace(str(trace_dir)):
-        for _ in range(calls):
-            jax.block_until_ready(compiled(*args))
-    (path,) = list(trace_dir.rglob("*.xplane.pb"))
-    plane = jax.profiler.ProfileData.from_file(str(path)).find_plane_with_name("/host:CPU")
-    ns, count = Counter(), Counter()
-    for line in plane.lines:
-        for e in line.events:
-            if e.name in kinds:
-                ns[e.name] += e.duration_ns
-                count[e.name] += 1
+# Lines a profiler may derive from a device's kernel events: counted once, on the kernels' own lines.
+DERIVED_LINES = {
+    "XLA Modules",
+    "XLA Ops",
+    "XLA TraceMe",
+    "Steps",
+    "Framework Ops",
+    "Framework Name Scope",
+    "Source code",
+}
+
+
+def op_events(data: "jax.profiler.ProfileData") -> tuple[bool, list[tuple[str, str, float]]]:
+    """(whether they come from a device, [(op name, event name, ns)]): the kernel events of the
+    device planes (a GPU's or TPU's) where there are any, else every event of the CPU runtime's
+    threads. An event's op is its `hlo_op` stat where it has one, else its own name."""
+    device = [
+        p for p in data.planes if p.name.startswith("/device:") and any(True for ln in p.lines for _ in ln.events)
+    ]
+    planes = device or [data.find_plane_with_name("/host:CPU")]
+    out = []
+    for plane in planes:
+        for line in plane.lines:
+            if line.name in DERIVED_LINES:
+                continue
+            for e in line.events:
+                out.append((str(dict(e.stats).get("hlo_op", e.name)), e.name, e.duration_ns))
+    return bool(device), out
+
+
+def summarise(events: list[tuple[str, str, float]], kinds: dict, calls: int, device: bool) -> dict:
+    """Op time per call by category, the ten longest ops and, on a device, the time of kernels
+    that no op of the module names (library calls) with the ten longest of those."""
+    ns, count, other_ns, other_count = Counter(), Counter(), Counter(), Counter()
+    for op, name, dur in events:
+        if op in kinds:
+            ns[op] += dur
+            count[op] += 1
+        elif device:
+            other_ns[name] += dur
+            other_count[name] += 1
     ms = {n: v / 1e6 / calls for n, v in ns.items()}
     cats = {c: {"ms": 0.0, "ops": 0.0, "conv_gflop": 0.0} for c in CATEGORIES}
     for n, v in ms.items():
@@ -138,7 +164,7 @@ def profile(compiled, args: tuple, calls: int, trace_dir: Path) -> dict:
         c["conv_gflop"] += kinds[n][1] * count[n] / calls
     total = sum(ms.values())
     top = sorted(ms, key=ms.get, reverse=True)[:10]
-    return {
+    rec = {
         "op_ms": total,
         "ops_run": sum(count.values()) / calls,
         "categories": cats,
@@ -154,6 +180,28 @@ def profile(compiled, args: tuple, calls: int, trace_dir: Path) -> dict:
             for n in top
         ],
     }
+    if device:
+        rec["unattributed"] = {
+            "ms": sum(other_ns.values()) / 1e6 / calls,
+            "kernels_run": sum(other_count.values()) / calls,
+            "top": [
+                {"kernel": k, "ms": v / 1e6 / calls, "runs": other_count[k] / calls}
+                for k, v in other_ns.most_common(10)
+            ],
+        }
+    return rec
+
+
+def profile(compiled, args: tuple, calls: int, trace_dir: Path) -> dict:
+    """Op time per call of a compiled function, by category, with its ten longest ops."""
+    kinds = classify(instructions(compiled.as_text()))
+    jax.block_until_ready(compiled(*args))
+    with jax.profiler.trace(str(trace_dir)):
+        for _ in range(calls):
+            jax.block_until_ready(compiled(*args))
+    (path,) = list(trace_dir.rglob("*.xplane.pb"))
+    device, events = op_events(jax.profiler.ProfileData.from_file(str(path)))
+    return summarise(events, kinds, calls, device)
 
 
 def _functions(config, batch: int) -> dict:

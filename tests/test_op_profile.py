@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 from benchmarks import op_counts, op_profile
 
@@ -73,3 +74,49 @@ def test_the_lax_build_convolves_where_the_library_multiplies():
     with op_profile.lax_convolutions():
         lax_build = convolutions()
     assert lax_build > convolutions() > 0
+
+
+XSPACE = """
+planes {
+  id: 1
+  name: "/device:GPU:0"
+  lines {
+    id: 1
+    name: "Stream #7(Compute)"
+    events { metadata_id: 1 offset_ps: 0 duration_ps: 3000000 stats { metadata_id: 1 str_value: "fusion.3" } }
+    events { metadata_id: 1 offset_ps: 4000000 duration_ps: 1000000 stats { metadata_id: 1 str_value: "fusion.3" } }
+    events { metadata_id: 2 offset_ps: 6000000 duration_ps: 2000000 }
+  }
+  lines {
+    id: 2
+    name: "XLA Ops"
+    events { metadata_id: 3 offset_ps: 0 duration_ps: 5000000 }
+  }
+  event_metadata { key: 1 value { id: 1 name: "loop_multiply_fusion" } }
+  event_metadata { key: 2 value { id: 2 name: "sm90_xmma_gemm_f32" } }
+  event_metadata { key: 3 value { id: 3 name: "fusion.3" } }
+  stat_metadata { key: 1 value { id: 1 name: "hlo_op" } }
+}
+planes {
+  id: 2
+  name: "/host:CPU"
+  lines {
+    id: 1
+    name: "python"
+    events { metadata_id: 1 offset_ps: 0 duration_ps: 9000000 }
+  }
+  event_metadata { key: 1 value { id: 1 name: "fusion.3" } }
+}
+"""
+
+
+def test_on_a_device_the_kernels_count_by_their_hlo_op_and_library_kernels_apart():
+    device, events = op_profile.op_events(jax.profiler.ProfileData.from_text_proto(XSPACE))
+    assert device and sorted(e[0] for e in events) == ["fusion.3", "fusion.3", "sm90_xmma_gemm_f32"]
+    r = op_profile.summarise(events, {"fusion.3": ("elementwise", 0.0, "UNet/mul")}, calls=2, device=True)
+    assert r["categories"]["elementwise"]["ms"] == pytest.approx(0.004 / 2) and r["ops_run"] == 1.0  # 4,000 ns, 2 calls
+    assert r["top_ops"][0]["op"] == "fusion.3" and r["top_ops"][0]["source"] == "UNet/mul"
+    assert (
+        r["unattributed"]["ms"] == pytest.approx(0.002 / 2)
+        and r["unattributed"]["top"][0]["kernel"] == "sm90_xmma_gemm_f32"
+    )
