@@ -3,9 +3,11 @@
 #   compare (default): the MNIST training comparison of benchmarks.train_compare at
 #                      configs/mnist.py widths, every run trained for the same seconds;
 #   table:             training and sampling throughput at CelebA 64, cU-Net against the DDPM
-#                      U-Net (benchmarks/gpu_table.py), in 540 s.
+#                      U-Net (benchmarks/gpu_table.py), in 540 s;
+#   profile:           each model's training step (batch 128, bfloat16) and forward at CelebA 64,
+#                      op by op from a profiler trace (benchmarks/op_profile.py).
 #
-#   bash benchmarks/gpu_check.sh [OUTDIR] [compare|table]   (OUTDIR default: $OUT, else benchmarks/results/gpu)
+#   bash benchmarks/gpu_check.sh [OUTDIR] [compare|table|profile]   (OUTDIR default: $OUT, else benchmarks/results/gpu)
 #
 # A run stopped by its time limit resumes when run again on the same machine.
 #
@@ -25,7 +27,7 @@ start=$(date +%s)
 cd "$(dirname "$0")/.."
 OUTDIR="${1:-${OUT:-benchmarks/results/gpu}}"
 PART="${2:-compare}"
-case "$PART" in compare|table) ;; *) echo "gpu_check.sh: unknown part '$PART': use compare or table" >&2; exit 2 ;; esac
+case "$PART" in compare|table|profile) ;; *) echo "gpu_check.sh: unknown part '$PART': use compare, table or profile" >&2; exit 2 ;; esac
 mkdir -p "$OUTDIR"
 PY="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -55,6 +57,14 @@ if [ "$PART" = compare ]; then
     2>&1 | grep -v -E "^(WARNING|W[0-9]{4} )" | tee -a "$OUTDIR/log.txt"
   echo "train_compare: exit ${PIPESTATUS[0]} after $(( $(date +%s) - start )) s" | tee -a "$OUTDIR/log.txt"
   # 11 files: device.txt, log.txt, train_compare.{json,md,png}, samples_{unet,cunet_rk4,cunet_heun}.{png,npz}
+elif [ "$PART" = profile ]; then
+  # benchmarks.op_profile at CelebA 64, the library's build alone: wall time side by side, then
+  # each kernel's time by the HLO op that launched it, library kernels (cuDNN, cuBLAS) apart.
+  timeout -k 10 "$left" "$PY" -m benchmarks.op_profile --setting celeba64 --batch 128 --compute_dtype bfloat16 \
+    --no_lax --repeats 10 --calls 3 --out "$OUTDIR/op_profile" \
+    2>&1 | grep -v -E "^(WARNING|W[0-9]{4} )" | tee -a "$OUTDIR/log.txt"
+  echo "op_profile: exit ${PIPESTATUS[0]} after $(( $(date +%s) - start )) s" | tee -a "$OUTDIR/log.txt"
+  # 4 files: device.txt, log.txt, op_profile/op_profile.{json,md}
 else
   # benchmarks.gpu_table at CelebA 64: training steps (batch 128, then 64; bfloat16 and float32),
   # DDIM 50, the training loop on generated JPEGs, then XLA options while time is left, all

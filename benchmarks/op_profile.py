@@ -1,24 +1,27 @@
 """Where each denoiser's time goes, op by op, and its time ratio to the U-Net beside its FLOPs ratio.
 
-python -m benchmarks.op_profile [--models unet,cunet_heun,cunet_rk4] [--repeats 10] [--calls 5]
-                                [--out benchmarks/results/op_profile]
+python -m benchmarks.op_profile [--setting mnist16|celeba64] [--models ROW,...] [--batch N]
+    [--compute_dtype float32|bfloat16] [--repeats 10] [--calls 5] [--lax_conv | --no_lax]
+    [--out benchmarks/results/op_profile]
 
-At the MNIST comparison's widths (benchmarks.op_counts' mnist16 setting: 16x16x1, batch 64; the
-U-Net at ch 32, the cU-Net at nf 8 with Heun x1 and with RK4 x1), for the training step and the
-forward (one sampling step's evaluation), each compiled for one CPU device:
+At a setting of benchmarks.op_counts (by default mnist16, the MNIST comparison's widths:
+16x16x1, batch 64; the U-Net at ch 32, the cU-Net at nf 8 with Heun x1 and with RK4 x1;
+celeba64: configs/celeba64.py), for the training step and the forward (one sampling step's
+evaluation), each compiled for one device:
 - wall ms: the median of `--repeats` calls, every model's function called in turn, each also
   built with `lax.conv_general_dilated` at every size (the library before its small-image
   convolution, `odediff.models.layers.conv_general_dilated`), and the largest difference of the
   forward's output, and of the training step's loss and gradient norm, from that build's,
   relative to its largest value (the params perturbed off the zero-initialised output layers);
 - GFLOP: XLA's cost analysis of the call built with lax convolutions (the library's form of a
-  convolution on an image smaller than its kernel also multiplies the zero padding);
+  convolution on an image smaller than its kernel also multiplies the zero padding); with
+  `--no_lax` (on a GPU, say) the library's build alone, its FLOPs as compiled;
 - a `jax.profiler` trace of `--calls` calls, each XLA op's events summed over the runtime's
   threads (CPU time, so a call's op time can exceed its wall time when ops run in parallel; on
   a GPU or TPU its kernels' time by their `hlo_op`, library kernels no op names apart) and
   sorted into categories by the op's HLO: conv/dot (a convolution or matrix product, or a
-  fusion around one, with its GFLOP from the shapes), reduction, copy/transpose (data movement
-  only), elementwise (any other fusion or op);
+  fusion around one, with its GFLOP from the shapes; a library call has none), reduction,
+  copy/transpose (data movement only), elementwise (any other fusion or op);
 - threads busy: op time / wall time, how many cores the call keeps busy on average;
 - the ten ops that take longest, with the layer they come from (the HLO's op_name).
 Writes op_profile.json and op_profile.md under --out.
@@ -39,14 +42,13 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from benchmarks.common import markdown_table, write_json
-from benchmarks.op_counts import configs, instructions
+from benchmarks.op_counts import SETTINGS, configs, instructions
 from benchmarks.paper_table import alternated_medians
 from odediff.models import build_denoiser, cunet, ode, unet
 from odediff.schedule import make_schedule
 from odediff.train_state import create_train_state, make_optimizer
 from odediff.training import make_train_step
 
-MODELS = ("unet", "cunet_heun", "cunet_rk4")
 CATEGORIES = ("conv/dot", "reduction", "copy/transpose", "elementwise")
 CONTROL = {"while", "call", "conditional", "parameter", "constant", "tuple", "get-tuple-element", "bitcast"}
 MOVES = {"copy", "transpose", "bitcast", "parameter", "reshape", "broadcast", "slice", "concatenate", "pad"}
@@ -240,42 +242,63 @@ def _compile(config, batch: int, part: str, lax_conv: bool):
         return lowered.compile(), args, dict(ca[0] if isinstance(ca, (list, tuple)) else ca)["flops"] / 1e9
 
 
-def measure(models: list[str], repeats: int, calls: int, trace_root: Path, profile_lax: bool = False) -> dict:
+def setting_configs(setting: str, batch: int = 0, compute_dtype: str = "") -> dict:
+    """{row: (config, batch)} of an op_counts setting, with another batch and compute dtype if given."""
+    out = {}
+    for row, (config, default_batch) in configs(setting).items():
+        if compute_dtype:
+            config.training.compute_dtype = compute_dtype
+        out[row] = (config, batch or default_batch)
+    return out
+
+
+def measure(
+    cfgs: dict,
+    models: list[str],
+    repeats: int,
+    calls: int,
+    trace_root: Path,
+    profile_lax: bool = False,
+    lax: bool = True,
+) -> dict:
     """Per model and function, side by side: the wall time with the library's convolutions and
     with `lax.conv_general_dilated` everywhere (outputs compared), the FLOPs as XLA counts them for
     the latter (what the convolutions compute, no products with padding), and the op profile of
-    the library's build (of the lax one with `profile_lax`)."""
-    cfgs = configs("mnist16")
+    the library's build (of the lax one with `profile_lax`). Without `lax`, the library's build
+    alone, its FLOPs as compiled."""
     rec = {}
     for part in ("train_step", "forward"):
         ours = {m: _compile(*cfgs[m], part, lax_conv=False) for m in models}
-        lax_ = {m: _compile(*cfgs[m], part, lax_conv=True) for m in models}
+        lax_ = {m: _compile(*cfgs[m], part, lax_conv=True) for m in models} if lax else {}
         calls_ = {
             f"{m}/{k}": (lambda c=c[0], a=c[1]: c(*a)) for k, d in (("ours", ours), ("lax", lax_)) for m, c in d.items()
         }
         walls = alternated_medians(calls_, repeats)
         for m, (c, a, gflop_compiled) in ours.items():
-            checked = (lambda out: out[1]) if part == "train_step" else (lambda out: out)  # loss, grad norm
-            diff = jax.tree.map(
-                lambda u, v: float(jnp.max(jnp.abs(u - v)) / jnp.max(jnp.abs(v))),
-                checked(c(*a)),
-                checked(lax_[m][0](*a)),
-            )
+            diff = None
+            if lax:
+                checked = (lambda out: out[1]) if part == "train_step" else (lambda out: out)  # loss, grad norm
+                diff = jax.tree.map(
+                    lambda u, v: float(jnp.max(jnp.abs(u - v)) / jnp.max(jnp.abs(v))),
+                    checked(c(*a)),
+                    checked(lax_[m][0](*a)),
+                )
             r = profile(lax_[m][0] if profile_lax else c, a, calls, trace_root / f"{m}_{part}")
             conv = r["categories"]["conv/dot"]
             params = a[0] if part == "forward" else a[0].params
             rec.setdefault(m, {"params": int(sum(v.size for v in jax.tree.leaves(params)))})
             wall = walls[f"{m}/ours"] * 1e3
+            lax_wall = walls[f"{m}/lax"] * 1e3 if lax else None
             rec[m][part] = {
                 "batch": int(a[1].shape[0]),
                 "wall_ms": wall,
-                "lax_conv_wall_ms": walls[f"{m}/lax"] * 1e3,
-                "max_rel_diff_to_lax_conv": max(jax.tree.leaves(diff)),
-                "gflop": lax_[m][2],
+                "lax_conv_wall_ms": lax_wall,
+                "max_rel_diff_to_lax_conv": max(jax.tree.leaves(diff)) if lax else None,
+                "gflop": lax_[m][2] if lax else gflop_compiled,
                 "gflop_as_compiled": gflop_compiled,
                 "conv_gflop": conv["conv_gflop"],
                 "profiled": "lax convolutions" if profile_lax else "library",
-                "threads_busy": r["op_ms"] / (walls[f"{m}/lax"] * 1e3 if profile_lax else wall),
+                "threads_busy": r["op_ms"] / (lax_wall if profile_lax else wall),
                 "conv_gflop_per_s": conv["conv_gflop"] / (conv["ms"] / 1e3) if conv["ms"] else None,
                 **r,
             }
@@ -296,7 +319,9 @@ def ratios(rec: dict, base: str = "unet") -> dict:
                 "time": time_ratio,
                 "flops": flop_ratio,
                 "time_over_flops": time_ratio / flop_ratio,
-                "lax_conv_time_over_flops": a["lax_conv_wall_ms"] / b["lax_conv_wall_ms"] / flop_ratio,
+                "lax_conv_time_over_flops": a["lax_conv_wall_ms"] / b["lax_conv_wall_ms"] / flop_ratio
+                if a["lax_conv_wall_ms"]
+                else None,
                 "op_time": a["op_ms"] / b["op_ms"],
                 **{
                     c: a["categories"][c]["ms"] / b["categories"][c]["ms"]
@@ -320,14 +345,14 @@ def markdown(rec: dict, rat: dict) -> str:
                     m,
                     part.replace("_", " "),
                     f"{p['wall_ms']:.1f}",
-                    f"{p['lax_conv_wall_ms']:.1f}",
+                    f"{p['lax_conv_wall_ms']:.1f}" if p["lax_conv_wall_ms"] else "",
                     f"{p['gflop']:.2f}",
                     f"{p['threads_busy']:.2f}",
                     f"{p['ops_run']:.0f}",
                     *(f"{cats[c]['ms']:.1f} ({cats[c]['ms'] / p['op_ms']:.0%})" for c in CATEGORIES),
                     f"{p['conv_gflop_per_s']:.1f}" if p["conv_gflop_per_s"] else "",
                     f"{ra['time']:.3f} / {ra['flops']:.3f} = {ra['time_over_flops']:.2f}" if ra else "",
-                    f"{ra['lax_conv_time_over_flops']:.2f}" if ra else "",
+                    f"{ra['lax_conv_time_over_flops']:.2f}" if ra and ra["lax_conv_time_over_flops"] else "",
                 ]
             )
     head = ["model", "function", "wall ms", "wall ms, lax convolutions", "GFLOP", "threads busy", "ops run"]
@@ -364,21 +389,29 @@ def markdown(rec: dict, rat: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     """Measures the models asked for and writes the JSON and the Markdown tables."""
     ap = argparse.ArgumentParser(prog="python -m benchmarks.op_profile", description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--setting", default="mnist16", choices=SETTINGS)
+    ap.add_argument("--models", default="", help="rows of the setting (default: all of them)")
+    ap.add_argument("--batch", type=int, default=0, help="default: the setting's")
+    ap.add_argument("--compute_dtype", default="", choices=("", "float32", "bfloat16"), help="default: the config's")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--calls", type=int, default=5)
     ap.add_argument("--out", default="benchmarks/results/op_profile")
     ap.add_argument("--lax_conv", action="store_true", help="profile the build with lax convolutions at every size")
+    ap.add_argument("--no_lax", action="store_true", help="time and profile the library's build alone")
     a = ap.parse_args(argv)
-    models = a.models.split(",")
-    bad = sorted(set(models) - set(MODELS))
+    if a.lax_conv and a.no_lax:
+        ap.error("--lax_conv profiles the lax build, which --no_lax leaves out: pass one of them")
+    cfgs = setting_configs(a.setting, a.batch, a.compute_dtype)
+    models = a.models.split(",") if a.models else list(cfgs)
+    bad = sorted(set(models) - set(cfgs))
     if bad or "unet" not in models:
-        ap.error(f"--models: {bad or 'unet missing'}; choose from {', '.join(MODELS)}, the U-Net among them")
+        ap.error(f"--models: {bad or 'unet missing'}; choose from {', '.join(cfgs)}, the U-Net among them")
     out = Path(a.out)
     with tempfile.TemporaryDirectory() as traces:
-        rec = measure(models, a.repeats, a.calls, Path(traces), profile_lax=a.lax_conv)
+        rec = measure(cfgs, models, a.repeats, a.calls, Path(traces), profile_lax=a.lax_conv, lax=not a.no_lax)
     rat = ratios(rec)
-    payload = {"setting": "mnist16", "backend": "cpu, one device", "repeats": a.repeats, "calls": a.calls}
+    payload = {"setting": a.setting, "backend": f"{jax.default_backend()}, one device", "repeats": a.repeats}
+    payload.update(calls=a.calls, compute_dtype=cfgs["unet"][0].training.compute_dtype)
     write_json(out / "op_profile.json", {**payload, "models": rec, "ratios_to_unet": rat})
     (out / "op_profile.md").write_text(markdown(rec, rat) + "\n")
     print(markdown(rec, rat))

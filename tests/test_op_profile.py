@@ -1,5 +1,7 @@
 """benchmarks/op_profile.py: the convolutions' FLOPs read from the HLO, and op time from a trace."""
 
+import subprocess
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -120,3 +122,30 @@ def test_on_a_device_the_kernels_count_by_their_hlo_op_and_library_kernels_apart
         r["unattributed"]["ms"] == pytest.approx(0.002 / 2)
         and r["unattributed"]["top"][0]["kernel"] == "sm90_xmma_gemm_f32"
     )
+
+
+def test_a_setting_takes_another_batch_and_compute_dtype_and_bad_options_are_usage_errors(capsys):
+    cfgs = op_profile.setting_configs("celeba64", batch=128, compute_dtype="bfloat16")
+    assert set(cfgs) == {"cunet", "unet"}
+    assert all(b == 128 and c.training.compute_dtype == "bfloat16" for c, b in cfgs.values())
+    assert {r: b for r, (_c, b) in op_profile.setting_configs("mnist16").items()} == {
+        "unet": 64,
+        "cunet_rk4": 64,
+        "cunet_heun": 64,
+    }
+    for argv, says in [
+        (["--lax_conv", "--no_lax"], "pass one of them"),
+        (["--models", "cunet_heun"], "unet missing"),
+        (["--setting", "celeba64", "--models", "unet,cunet_heun"], "cunet_heun"),
+    ]:
+        with pytest.raises(SystemExit) as stop:
+            op_profile.main(argv)
+        assert stop.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_the_profile_part_of_gpu_check_is_valid_bash_and_runs_the_module_at_celeba64():
+    from helpers import REPO
+
+    script = REPO / "benchmarks" / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True, check=False).returncode == 0
+    assert "-m benchmarks.op_profile --setting celeba64 --batch 128 --compute_dtype bfloat16" in script.read_text()
