@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from benchmarks.common import markdown_table, write_json
-from benchmarks.paper_table import forward, gflop
+from benchmarks.paper_table import gflop
 from odediff.config import load_config_file
 from odediff.models import build_denoiser
 from odediff.schedule import make_schedule
@@ -203,28 +203,37 @@ def configs(setting: str) -> dict[str, tuple[ml_collections.ConfigDict, int]]:
     return out
 
 
-def measure(config: ml_collections.ConfigDict, batch: int) -> dict:
-    """Parameters, GFLOP per image and the forward's and the training step's counts."""
+def functions(config: ml_collections.ConfigDict, batch: int) -> dict:
+    """{"train_step": (step, (state, x)), "forward": (apply, (params, x, t))} of a config's
+    denoiser at `batch`: the functions unjitted, a fresh train state, fixed inputs."""
     model, tx = build_denoiser(config.model), make_optimizer(config.training)
     s, ch = config.data.image_size, config.data.channels
     x = jax.random.normal(jax.random.key(1), (batch, s, s, ch), jnp.float32)
     t = jnp.full((batch,), 500, jnp.int32)
     state = jax.jit(lambda k: create_train_state(model, tx, config, k))(jax.random.key(0))
-    step = make_train_step(
-        model, tx, make_schedule(config.diffusion.beta_schedule, config.diffusion.num_timesteps), config
-    )
-    fwd = forward(model)
+    schedule = make_schedule(config.diffusion.beta_schedule, config.diffusion.num_timesteps)
+    return {
+        "train_step": (make_train_step(model, tx, schedule, config), (state, x)),
+        "forward": (lambda p, x, t: model.apply({"params": p}, x, t), (state.params, x, t)),
+    }
+
+
+def measure(config: ml_collections.ConfigDict, batch: int) -> dict:
+    """Parameters, GFLOP per image and the forward's and the training step's counts."""
+    fns = functions(config, batch)
+    step, (state, x) = fns["train_step"]
+    apply, (params, _x, t) = fns["forward"]
     m = config.model[config.model.name]
     return {
         "model": config.model.name,
         "solver": f"{m.solver} x{m.ode_steps}" if config.model.name == "cunet" else None,
-        "image_size": s,
-        "channels": ch,
+        "image_size": config.data.image_size,
+        "channels": config.data.channels,
         "batch": batch,
-        "params": int(sum(v.size for v in jax.tree.leaves(state.params))),
-        "gflop_per_image": gflop(fwd, state.params, x[:1], t[:1]),
+        "params": int(sum(v.size for v in jax.tree.leaves(params))),
+        "gflop_per_image": gflop(apply, params, x[:1], t[:1]),
         "train_step_gflop_per_image": gflop(step, state, x) / batch,
-        "forward": counts_of(lambda p, x, t: model.apply({"params": p}, x, t), state.params, x, t),
+        "forward": counts_of(apply, params, x, t),
         "train_step": counts_of(step, state, x),
     }
 

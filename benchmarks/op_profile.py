@@ -42,12 +42,9 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from benchmarks.common import markdown_table, write_json
-from benchmarks.op_counts import SETTINGS, configs, instructions
-from benchmarks.paper_table import alternated_medians
-from odediff.models import build_denoiser, cunet, ode, unet
-from odediff.schedule import make_schedule
-from odediff.train_state import create_train_state, make_optimizer
-from odediff.training import make_train_step
+from benchmarks.op_counts import SETTINGS, configs, functions, instructions
+from benchmarks.paper_table import alternated_medians, gflop
+from odediff.models import cunet, ode, unet
 
 CATEGORIES = ("conv/dot", "reduction", "copy/transpose", "elementwise")
 CONTROL = {"while", "call", "conditional", "parameter", "constant", "tuple", "get-tuple-element", "bitcast"}
@@ -207,20 +204,14 @@ def profile(compiled, args: tuple, calls: int, trace_dir: Path) -> dict:
 
 
 def _functions(config, batch: int) -> dict:
-    """The training step and the forward of a config's denoiser, with their arguments."""
-    model, tx = build_denoiser(config.model), make_optimizer(config.training)
-    s, ch = config.data.image_size, config.data.channels
-    x = jax.random.normal(jax.random.key(1), (batch, s, s, ch), jnp.float32)
-    t = jnp.full((batch,), 500, jnp.int32)
-    state = jax.jit(lambda k: create_train_state(model, tx, config, k))(jax.random.key(0))
-    flat, unravel = ravel_pytree(state.params)  # off the zero-initialised output layers
-    state = state.replace(params=unravel(flat + 0.1 * jax.random.normal(jax.random.key(2), flat.shape)))
-    schedule = make_schedule(config.diffusion.beta_schedule, config.diffusion.num_timesteps)
-    step = make_train_step(model, tx, schedule, config)
-    return {
-        "train_step": (jax.jit(step), (state, x)),
-        "forward": (jax.jit(lambda p, x, t: model.apply({"params": p}, x, t)), (state.params, x, t)),
-    }
+    """op_counts.functions jitted, the params perturbed off the zero-initialised output layers."""
+    out = {}
+    for part, (fn, (first, *rest)) in functions(config, batch).items():
+        params = first.params if part == "train_step" else first
+        flat, unravel = ravel_pytree(params)
+        params = unravel(flat + 0.1 * jax.random.normal(jax.random.key(2), flat.shape))
+        out[part] = (jax.jit(fn), (first.replace(params=params) if part == "train_step" else params, *rest))
+    return out
 
 
 @contextlib.contextmanager
@@ -234,12 +225,10 @@ def lax_convolutions():
 
 
 def _compile(config, batch: int, part: str, lax_conv: bool):
-    """(compiled function, its arguments, GFLOP by XLA's cost analysis) of one model's part."""
+    """(compiled function, its arguments, GFLOP as XLA counts it lowered for a CPU) of one model's part."""
     with lax_convolutions() if lax_conv else contextlib.nullcontext():
         fn, args = _functions(config, batch)[part]
-        lowered = fn.lower(*args)
-        ca = lowered.cost_analysis()
-        return lowered.compile(), args, dict(ca[0] if isinstance(ca, (list, tuple)) else ca)["flops"] / 1e9
+        return fn.lower(*args).compile(), args, gflop(fn, *args)
 
 
 def setting_configs(setting: str, batch: int = 0, compute_dtype: str = "") -> dict:
