@@ -28,16 +28,25 @@ from helpers import N, steps_on_disk, train_in_process  # noqa: E402
 pytest_plugins = ["pytester", "suite_budget"]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """pytest-xdist hands out tests one at a time in the order below, not in its default first
+    chunks of an eighth of the suite each, which gave every long test to the first worker."""
+    if config.pluginmanager.hasplugin("xdist") and config.getoption("maxschedchunk", None) is None:
+        config.option.maxschedchunk = 1
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Long tests first, as pytest-xdist hands tests out in this order, so that none is left to run
-    alone at the end; among them first those that need the `reference` run, which the first of
-    them trains while the other worker starts on tests that do not need it."""
+    """Long tests first, so that none is left to run alone at the end. The first two need the
+    `reference` run, which the first of them trains, while the other worker starts on the long
+    tests that do not need it; the remaining long tests that need it follow those."""
 
-    def order(item: pytest.Item) -> tuple[bool, bool]:
-        long = item.get_closest_marker("long") is not None
-        return not long, long and "reference" not in getattr(item, "fixturenames", ())
+    def needs_reference(item: pytest.Item) -> bool:
+        return "reference" in getattr(item, "fixturenames", ())
 
-    items.sort(key=order)
+    long = [i for i in items if i.get_closest_marker("long") is not None]
+    with_reference = [i for i in long if needs_reference(i)]
+    order = with_reference[:2] + [i for i in long if not needs_reference(i)] + with_reference[2:]
+    items[:] = order + [i for i in items if i.get_closest_marker("long") is None]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -120,6 +120,7 @@ def test_restore_run_reads_the_ema_params_alone_and_older_checkpoints_whole(refe
     assert_trees_equal(restore_run(workdir)[1], ema)
 
 
+@pytest.mark.long
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax's reads left behind
 def test_cli_reports_a_damaged_checkpoint_and_training_resumes_before_it(reference, tmp_path, caplog):
     workdir = tmp_path / "run"

@@ -40,6 +40,7 @@ def test_classifier_shapes(shape):
     assert pred.shape == (3,) and np.issubdtype(pred.dtype, np.integer)
 
 
+@pytest.mark.long
 def test_load_or_train_classifier_trains_then_loads(digits, tmp_path, monkeypatch):
     xtr, xte, ytr, yte = digits
     params, acc = F.load_or_train_classifier(xtr, ytr, xte, yte, 10, tmp_path, "digits16", steps=100, batch_size=64)

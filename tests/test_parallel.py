@@ -20,7 +20,7 @@ def _run_on(devices, c, model, tx, schedule, state, batch, steps=2):
     return state, metrics
 
 
-@pytest.mark.parametrize("name", ["cunet", "unet"])
+@pytest.mark.parametrize("name", ["cunet", pytest.param("unet", marks=pytest.mark.long)])
 def test_sharded_step_equals_single_device_step(name):
     assert jax.device_count() == 4, "conftest gives 4 fake CPU devices"
     setup = tiny_training(name)

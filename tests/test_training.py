@@ -267,7 +267,7 @@ def test_sampling_blocks_no_sampler_could_use_are_refused(fields, message):
         check_sampling(s)
 
 
-@pytest.mark.parametrize("name", ["cunet", "unet"])
+@pytest.mark.parametrize("name", ["cunet", pytest.param("unet", marks=pytest.mark.long)])
 def test_bfloat16_compute_gives_the_float32_loss_and_gradients_closely(name):
     c, model, tx, schedule, state, batch = tiny_training(name)
     # off the zero-initialised start, where gradients are trivial
