@@ -80,8 +80,8 @@ def inputs(config, batch):
     return x, t
 
 
-def alternated_medians(fns: dict, repeats: int) -> dict:
-    """{name: median seconds}, each fn called once per round in turn, after a warm-up."""
+def alternated_times(fns: dict, repeats: int) -> dict:
+    """{name: [seconds of each call]}, each fn called once per round in turn, after a warm-up."""
     for f in fns.values():
         jax.block_until_ready(f())
     times = {n: [] for n in fns}
@@ -90,7 +90,12 @@ def alternated_medians(fns: dict, repeats: int) -> dict:
             t0 = time.perf_counter()
             jax.block_until_ready(f())
             times[n].append(time.perf_counter() - t0)
-    return {n: statistics.median(v) for n, v in times.items()}
+    return times
+
+
+def alternated_medians(fns: dict, repeats: int) -> dict:
+    """{name: median seconds} of `alternated_times`."""
+    return {n: statistics.median(v) for n, v in alternated_times(fns, repeats).items()}
 
 
 def step_memory_variants(name: str, config, batch: int, params_sharding, plain: bool = False) -> dict:

@@ -5,8 +5,10 @@ python -m benchmarks.width_compare [--records DIR ...] [--out benchmarks/results
 
 Each record's models at --step (every seed scored there; a record or model short of it is
 named and left out): parameters and FD per seed from the record; the training step's FLOPs as
-lowered for a CPU (`paper_table.gflop`) times the steps trained; and each model's step time
-measured here, the models alternating in this one process. Writes <out>/width_compare.json,
+lowered for a CPU (`paper_table.gflop`, with `lax.conv_general_dilated` at every size, so that
+the small-image convolutions' matrix products do not count their zero padding) times the steps
+trained; and each model's step time measured here (the library's build), the models
+alternating in this one process. Writes <out>/width_compare.json,
 .md (also printed) and .png (one panel per axis, a point per seed).
 """
 
@@ -22,7 +24,8 @@ import numpy as np
 from benchmarks import train_compare
 from benchmarks.common import fail, machine, markdown_table, write_json
 from benchmarks.compare_report import final_scores, summarize
-from benchmarks.paper_table import alternated_medians, gflop
+from benchmarks.op_profile import lax_convolutions
+from benchmarks.paper_table import alternated_times, gflop
 from odediff.models import build_denoiser
 from odediff.schedule import make_schedule
 from odediff.train_state import create_train_state, make_optimizer
@@ -83,18 +86,18 @@ def entries(record: dict, step: int, name: str) -> tuple[list[dict], list[str]]:
 
 def step_fns(configs: dict[str, ml_collections.ConfigDict]) -> tuple[dict, dict]:
     """Per label: a call that runs one training step of that config on a fixed batch (the state
-    carried from call to call), and the step's GFLOP as lowered for a CPU."""
+    carried from call to call), and the step's GFLOP as lowered for a CPU with lax convolutions."""
     calls, flops = {}, {}
     for name, c in configs.items():
         model = build_denoiser(c.model)
         tx = make_optimizer(c.training)
         schedule = make_schedule(c.diffusion.beta_schedule, c.diffusion.num_timesteps)
-        step = make_train_step(model, tx, schedule, c)
         state = jax.jit(lambda k, model=model, tx=tx, c=c: create_train_state(model, tx, c, k))(jax.random.key(0))
         s = c.data.image_size
         batch = jax.random.normal(jax.random.key(1), (c.training.batch_size, s, s, c.data.channels), jnp.float32)
-        flops[name] = gflop(step, state, batch)
-        holder = {"state": state, "step": jax.jit(step)}
+        with lax_convolutions():  # a step function of its own: jit reuses a function's trace, patch or not
+            flops[name] = gflop(make_train_step(model, tx, schedule, c), state, batch)
+        holder = {"state": state, "step": jax.jit(make_train_step(model, tx, schedule, c))}
 
         def call(holder=holder, batch=batch):
             holder["state"], metrics = holder["step"](holder["state"], batch)
@@ -111,12 +114,12 @@ def markdown(rec: dict) -> str:
             f"{e['params']:,}",
             f"{e['gflop_per_step']:.2f}",
             f"{e['gflop_per_step'] * e['steps'] / 1e3:.1f}",
-            f"{e['step_seconds'] * 1e3:.0f}",
+            f"{e['step_seconds'] * 1e3:.0f} ({min(e['step_seconds_runs']) * 1e3:.0f}-{max(e['step_seconds_runs']) * 1e3:.0f})",
             f"{e['fd_mean']:.2f} ({', '.join(f'{v:.2f}' for v in e['fd'])})",
         ]
         for e in sorted(rec["models"], key=lambda e: e["params"])
     ]
-    header = ["model", "params", "GFLOP / step", "TFLOP trained", "step ms (side by side)", "FD (seeds)"]
+    header = ["model", "params", "GFLOP / step", "TFLOP trained", "step ms, median (range)", "FD (seeds)"]
     floor = rec["floor"]
     lines = [
         f"step {rec['step']:,}, batch {rec['batch']}; FD of 1,000 DDIM samples vs held-out; "
@@ -131,7 +134,7 @@ def markdown(rec: dict) -> str:
 
 def plot(rec: dict, path: Path) -> None:
     """FD against parameters, training FLOPs and step seconds: a point per seed, a line through
-    each family's means, the floor as a band."""
+    each family's means, the step timings' range as a bar, the floor as a band."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -144,7 +147,7 @@ def plot(rec: dict, path: Path) -> None:
     )
     markers = {"unet": "s", "cunet_rk4": "^", "cunet_heun": "o"}
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), dpi=100)
-    for ax, (_, x_of, xlabel) in zip(axes, axes_of):
+    for ax, (key, x_of, xlabel) in zip(axes, axes_of):
         for family, marker in markers.items():
             es = sorted((e for e in rec["models"] if e["model"] == family), key=x_of)
             if not es:
@@ -153,6 +156,10 @@ def plot(rec: dict, path: Path) -> None:
             (line,) = ax.plot(xs, [e["fd_mean"] for e in es], marker + "-", alpha=0.5, label=FAMILIES[family])
             for e in es:
                 ax.scatter([x_of(e)] * len(e["fd"]), e["fd"], marker=marker, color=line.get_color(), zorder=3)
+                if key == "seconds" and "step_seconds_runs" in e:  # the timings' range
+                    lo, hi = min(e["step_seconds_runs"]), max(e["step_seconds_runs"])
+                    xerr = [[e["step_seconds"] - lo], [hi - e["step_seconds"]]]
+                    ax.errorbar([e["step_seconds"]], [e["fd_mean"]], xerr=xerr, fmt="none", color=line.get_color())
                 ax.annotate(e["label"].split(", ")[-1], (x_of(e), max(e["fd"])), fontsize=7, xytext=(3, 3),
                             textcoords="offset points")  # fmt: skip
         ax.axhspan(min(rec["floor"]), max(rec["floor"]), color="k", alpha=0.15, label="real data")
@@ -186,9 +193,10 @@ def run(records: list[Path], out: Path, step: int, repeats: int) -> dict:
     if not models:
         fail("width_compare.py", f"no model scored at step {step:,} in " + ", ".join(map(str, records)))
     calls, flops = step_fns(configs)
-    seconds = alternated_medians(calls, repeats)
+    seconds = alternated_times(calls, repeats)
     for e in models:
-        e["gflop_per_step"], e["step_seconds"] = flops[e["label"]], seconds[e["label"]]
+        runs = seconds[e["label"]]
+        e["gflop_per_step"], e["step_seconds"], e["step_seconds_runs"] = flops[e["label"]], float(np.median(runs)), runs
     rec = {
         "machine": machine(),
         "step": step,
@@ -212,7 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--records", nargs="+", type=Path, default=[RESULTS / r for r in RECORDS])
     ap.add_argument("--out", type=Path, default=RESULTS / "mnist_widths")
     ap.add_argument("--step", type=int, default=6000)
-    ap.add_argument("--repeats", type=int, default=5, help="alternated timings of one step per model")
+    ap.add_argument("--repeats", type=int, default=15, help="alternated timings of one step per model")
     a = ap.parse_args(argv)
     return run(a.records, a.out, a.step, a.repeats)
 
