@@ -529,18 +529,31 @@ def test_the_comparison_across_widths(readme, page):
     assert len(rows) == len(w["models"]) >= 4 and _missing(page, rows) == []
     e = {x["label"]: x for x in w["models"]}
     u16, heun, rk4 = e["U-Net, ch 16"], e["cU-Net Heun x1, nf 8"], e["cU-Net RK4 x1, nf 8"]
+    u32, n16 = e["U-Net, ch 32"], e["cU-Net Heun x1, nf 16"]
     tflop = lambda x: x["gflop_per_step"] * x["steps"] / 1e3  # noqa: E731
+    ratio = lambda a, b: f"{tflop(a) / tflop(b):.2f}x"  # noqa: E731
+    secs = lambda a, b: f"{a['step_seconds'] / b['step_seconds']:.2f}x"  # noqa: E731
     quotes = [
-        f"{u16['params'] / heun['params']:.2f}x the nf-8 cU-Nets'",
-        f"{tflop(u16) / tflop(rk4):.2f}x the RK4 cU-Net's training FLOPs and {u16['step_seconds'] / rk4['step_seconds']:.2f}x",
-        f"at {tflop(heun) / tflop(u16):.2f}x the ch-16 U-Net's FLOPs and {heun['step_seconds'] / u16['step_seconds']:.2f}x",
+        f"{u16['params'] / heun['params']:.2f}x the nf-8 cU-Nets' parameters",
+        f"with {ratio(u16, rk4)} the RK4 cU-Net's training FLOPs and {secs(u16, rk4)} its step time",
+        f"at {ratio(heun, u16)} the ch-16 U-Net's FLOPs and {secs(heun, u16)} its step time",
+        f"({ratio(n16, u32)} the ch-32 U-Net's FLOPs and {secs(n16, u32)} its step time)",
+        f"ends {n16['fd_mean'] - u32['fd_mean']:.2f} above the ch-32 U-Net and {u16['fd_mean'] - n16['fd_mean']:.2f} "
+        f"below the ch-16 U-Net, with {ratio(n16, u16)} the latter's FLOPs and {secs(n16, u16)} its step time",
         f"{heun['gflop_per_step'] * 12:.1f} TFLOP by this count",
+        f"with {heun['gflop_per_step'] * 12 / tflop(n16):.2f}x its FLOPs",
+        f"{u32['step_seconds'] * 1e3:.0f} ms for the ch-32 U-Net's step against the "
+        f"{_json('mnist_compare/train_compare.json')['summary']['models']['unet']['step_seconds'] * 1e3:.0f} ms",
+        f"{n16['fd_mean']:.2f} (seeds {n16['fd'][0]:.2f}, {n16['fd'][1]:.2f})",
     ]
-    assert max(u16["fd"]) < min(heun["fd"] + rk4["fd"])  # "both its seeds below all four cU-Net seeds"
+    assert n16["params"] / u32["params"] < 1.15
+    assert max(u16["fd"]) < min(heun["fd"] + rk4["fd"]) and max(u32["fd"]) < min(n16["fd"])  # "both its seeds below"
+    assert min(n16["fd"]) < min(u16["fd"]) < max(n16["fd"])  # "the ch-16 U-Net's seed 0 lies between the nf-16 seeds"
     assert _missing(page, quotes) == []
     readme_quotes = [
         f"{u16['fd_mean']:.2f} {_seeds(u16['fd'])}",
-        f"{tflop(u16) / tflop(rk4):.2f}x the RK4 cU-Net's FLOPs",
+        f"{n16['fd_mean']:.2f} {_seeds(n16['fd'])}",
+        f"{ratio(n16, u32)} its FLOPs",
     ]
     assert _missing(readme, readme_quotes) == []
 
