@@ -1,4 +1,3 @@
-import contextlib
 import json
 
 import jax
@@ -83,7 +82,6 @@ def test_the_report_measures_each_model_and_writes_json_markdown_and_plot(tmp_pa
 
 def test_flops_count_lax_convolutions_and_the_timed_step_is_the_librarys():
     from benchmarks.op_profile import lax_convolutions
-    from benchmarks.paper_table import gflop
     from odediff.models import build_denoiser
     from odediff.schedule import make_schedule
     from odediff.train_state import make_optimizer
@@ -92,16 +90,14 @@ def test_flops_count_lax_convolutions_and_the_timed_step_is_the_librarys():
     c = wc.record_config({**_tiny(_record([1.0], [1.0]))["protocol"], "image_size": 2}, "cunet_heun")
     calls, flops = wc.step_fns({"x": c})  # 2x2 images: every 3x3 convolution is a matrix product in the library
     holder, batch = calls["x"].__defaults__
-    state = holder["state"]
 
-    def build(lax: bool) -> tuple[float, int]:
-        """GFLOP and convolutions of a step built with lax convolutions or the library's."""
-        model, tx = build_denoiser(c.model), make_optimizer(c.training)
-        sched = make_schedule(c.diffusion.beta_schedule, c.diffusion.num_timesteps)
-        with lax_convolutions() if lax else contextlib.nullcontext():
-            fn = make_train_step(model, tx, sched, c)
-            return gflop(fn, state, batch), jax.jit(fn).lower(state, batch).as_text().count("convolution")
+    def measure(lowered) -> tuple[float, int]:
+        """GFLOP and convolutions of a lowered step."""
+        return lowered.cost_analysis()["flops"] / 1e9, lowered.as_text().count("convolution")
 
-    (lax_flops, lax_convs), (lib_flops, lib_convs) = build(True), build(False)
-    assert flops["x"] == pytest.approx(lax_flops) and flops["x"] < lib_flops
-    assert holder["step"].lower(state, batch).as_text().count("convolution") == lib_convs < lax_convs
+    model, tx = build_denoiser(c.model), make_optimizer(c.training)
+    with lax_convolutions():
+        step = make_train_step(model, tx, make_schedule(c.diffusion.beta_schedule, c.diffusion.num_timesteps), c)
+        lax_flops, lax_convs = measure(jax.jit(step).lower(holder["state"], batch))
+    timed_flops, timed_convs = measure(holder["step"].lower(holder["state"], batch))
+    assert flops["x"] == pytest.approx(lax_flops) and flops["x"] < timed_flops and timed_convs < lax_convs
