@@ -7,8 +7,8 @@ Each record's models at --step (every seed scored there; a record or model short
 named and left out): parameters and FD per seed from the record; the training step's FLOPs as
 lowered for a CPU (`paper_table.gflop`, with `lax.conv_general_dilated` at every size, so that
 the small-image convolutions' matrix products do not count their zero padding) times the steps
-trained; and each model's step time measured here (the library's build), the models
-alternating in this one process. Writes <out>/width_compare.json,
+trained; and each model's step time measured here (the library's build, median and range of
+--repeats steps), the models alternating in this one process. Writes <out>/width_compare.json,
 .md (also printed) and .png (one panel per axis, a point per seed).
 """
 
