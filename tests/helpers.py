@@ -23,6 +23,9 @@ from odediff.train_state import abstract_train_state, create_train_state, make_o
 
 REPO = Path(__file__).resolve().parents[1]
 
+N = 16  # steps of every full run: long enough to interrupt between its checkpoints
+EVERY = 4  # steps between checkpoints: a save, even of this tiny state, takes longer than many steps
+
 TINY = [
     "--config.model.cunet.nf=4",
     "--config.model.cunet.ch_mult=(1,)",
@@ -34,7 +37,7 @@ TINY = [
     "--config.training.batch_size=8",
     "--config.training.log_every=2",
     "--config.training.sample_every=1000",
-    "--config.training.checkpoint_every=2",
+    f"--config.training.checkpoint_every={EVERY}",
     "--config.sampling.num_samples=4",
     "--config.sampling.steps=3",
     "--config.diffusion.num_timesteps=50",
@@ -58,7 +61,7 @@ def tiny_config(name: str = "cunet", config_file: str = "digits.py"):
     c.model.cunet.update(nf=4, ch_mult=(1,), time_embed_dim=8)
     c.model.unet.update(ch=16, ch_mult=(1,), num_res_blocks=0)
     c.data.image_size = 8
-    c.training.update(batch_size=8, log_every=2, sample_every=1000, checkpoint_every=2)
+    c.training.update(batch_size=8, log_every=2, sample_every=1000, checkpoint_every=EVERY)
     c.sampling.update(num_samples=4, steps=3)
     c.diffusion.num_timesteps = 50
     return c
@@ -115,8 +118,6 @@ def assert_trees_equal(a, b) -> None:
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
-
-N = 16  # steps of every full run: long enough to interrupt while checkpoints land every 2
 
 
 def assert_usage_error(proc: subprocess.CompletedProcess, prog: str, pattern: str) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from helpers import (
+    EVERY,
     N,
     assert_sample_error,
     assert_trees_equal,
@@ -80,9 +81,9 @@ def test_a_damaged_newest_step_is_named_and_skipped(reference, tmp_path, damage,
     )
     with caplog.at_level(logging.WARNING, logger="odediff.checkpoint"):
         step, _, _ = Checkpointer(workdir).restore_latest(abstract)
-    assert step == N - 2
+    assert step == N - EVERY
     assert re.search(rf"checkpoint step {N} in .* is unusable \(.*{reason}", caplog.text), caplog.text
-    assert Checkpointer(workdir).steps()[-1] == N - 2 == steps_on_disk(workdir)[-1]
+    assert Checkpointer(workdir).steps()[-1] == N - EVERY == steps_on_disk(workdir)[-1]
     assert list((workdir / "checkpoints").glob(f"{N}.unusable-*"))  # kept for inspection
 
 
@@ -91,10 +92,10 @@ def test_a_half_written_step_is_ignored_and_removed(reference, tmp_path, caplog)
     shutil.copytree(reference, workdir)
     unfinished = workdir / "checkpoints" / f"{N}.orbax-checkpoint-tmp"  # how orbax leaves a save cut short
     (workdir / "checkpoints" / str(N)).rename(unfinished)
-    assert restore_run(workdir)[2] == N - 2
+    assert restore_run(workdir)[2] == N - EVERY
     with caplog.at_level(logging.WARNING, logger="odediff.checkpoint"):
         ckpt = Checkpointer(workdir)
-    assert ckpt.steps()[-1] == N - 2
+    assert ckpt.steps()[-1] == N - EVERY
     ckpt.close()
     assert f"removing {unfinished}: a save that never finished" in caplog.text
     assert not unfinished.exists()

@@ -207,7 +207,7 @@ def test_a_disk_that_fills_up_during_a_save_is_one_line_and_exit_3_and_the_check
 
     workdir = tmp_path / "run"
     config = tiny_config()
-    config.training.num_steps = 4
+    config.training.update(num_steps=4, checkpoint_every=2)
     real_save = ocp.CheckpointManager.save
 
     def save(self, step, *args, **kwargs):  # step 2 saves, step 4 finds the disk full
@@ -275,14 +275,14 @@ def _all_checkpoints_finite(workdir: Path) -> list[int]:
 
 def test_nonfinite_stop_names_the_step_and_writes_no_bad_checkpoint(tmp_path, monkeypatch, capsys):
     workdir = tmp_path / "run"
-    _faulty_data(monkeypatch, nan_step=3)
+    _faulty_data(monkeypatch, nan_step=5)
     with pytest.raises(SystemExit) as stop:
         _train_main(workdir)
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line and not re.search(r"\d+%\|", line)]
     assert stop.value.code == 1 and "Traceback" not in err and len(lines) == 1, err[-3000:]
-    assert re.fullmatch(r"train.py: error: non-finite loss or gradient at step 3; training stopped .*", lines[0])
-    assert _all_checkpoints_finite(workdir) == [2]
+    assert re.fullmatch(r"train.py: error: non-finite loss or gradient at step 5; training stopped .*", lines[0])
+    assert _all_checkpoints_finite(workdir) == [4]
 
 
 def test_nonfinite_skip_finishes_and_sigint_saves_a_checkpoint(tmp_path, monkeypatch, capsys):
@@ -291,9 +291,9 @@ def test_nonfinite_skip_finishes_and_sigint_saves_a_checkpoint(tmp_path, monkeyp
     _train_main(workdir, nonfinite="skip")
     out = capsys.readouterr().out
     assert re.search(r"^stopped by SIGINT at step 5: checkpoint saved in ", out, re.M), out
-    assert _all_checkpoints_finite(workdir) == [2, 4, 5]
+    assert _all_checkpoints_finite(workdir) == [4, 5]
     _train_main(workdir, nonfinite="skip")  # resumes at 5 and finishes
-    assert _all_checkpoints_finite(workdir) == [12, 14, N]
+    assert _all_checkpoints_finite(workdir) == [8, 12, N]
     state = restored_state(workdir, N)
     assert int(state.first_nonfinite) == 1 and int(state.num_nonfinite) == 1
 
