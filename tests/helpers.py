@@ -119,7 +119,6 @@ def assert_trees_equal(a, b) -> None:
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-
 def assert_usage_error(proc: subprocess.CompletedProcess, prog: str, pattern: str) -> None:
     """Exit code 2 and exactly one line on stderr: '<prog>: error: ...' matching `pattern`."""
     lines = proc.stderr.strip().splitlines()
