@@ -64,6 +64,15 @@ def test_digits_shapes_range_and_labels(digits_train):
     assert labels.dtype == np.int32 and labels.shape == (5,) and digits_train.num_classes == 10
 
 
+def test_digits_are_scikit_learns_load_digits_bit_for_bit():
+    from sklearn.datasets import load_digits
+
+    images, labels = data.digits_arrays()
+    reference = load_digits()
+    np.testing.assert_array_equal(images, reference.images)
+    np.testing.assert_array_equal(labels, reference.target)
+
+
 def rows(src: data.ImageSource) -> collections.Counter:
     idx = np.arange(len(src))
     return collections.Counter(im.tobytes() + bytes([lbl]) for im, lbl in zip(src[idx], src.get_labels(idx)))
