@@ -186,9 +186,8 @@ def _array_source(
 
 
 def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's 8x8 digits: images (1797, 8, 8) in 0..16 and labels, as `load_digits`
-    gives them, read from its bundled file without importing sklearn.datasets (seconds of
-    imports in every process that trains on them)."""
+    """scikit-learn's 8x8 digits, images (1797, 8, 8) in 0..16 and labels, as `load_digits`
+    gives them, read from its bundled file so that training need not import sklearn.datasets."""
     spec = importlib.util.find_spec("sklearn")
     path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec and spec.origin else None
     if path is None or not path.is_file():
