@@ -575,14 +575,26 @@ def test_the_block_solver_table(page):
 
     t = _json("block_solver/block_solver.json")
     rows = [" ".join(line.split()) for line in markdown(t).splitlines() if line.startswith("| ")]
-    assert len(rows) == 13 and _missing(page, rows) == []
-    at = {(r["run"], r["block_solver"], r["sampler"]): r for r in t["rows"]}
-    heun, euler = (at["cunet_heun_lr0.004_s0", b, "dpmpp2m"] for b in ("heun", "euler"))
-    own = [at["cunet_heun_lr0.004_s0", "heun", s]["fd"] for s in ("dpmpp2m", "ddim")]
-    others = [r["fd"] for k, r in at.items() if k[1] not in ("", "heun")]
-    assert max(own) < min(others)  # "the solver the model was trained with is the best one"
-    quotes = [f"Euler x1 takes {euler['seconds_per_image'] / heun['seconds_per_image']:.2f}x Heun's time"]
-    assert _missing(page, quotes) == []
+    assert len(rows) == 23 and _missing(page, rows) == []
+    heun_run, rk4_run = "cunet_heun_lr0.004_s0", "cunet_rk4_lr0.008_s0"
+    for sampler in ("dpmpp2m", "ddim"):
+        fd = {(r["run"], r["block_solver"], r["block_steps"]): r["fd"] for r in t["rows"] if r["sampler"] == sampler}
+        heun = {k[1:]: v for k, v in fd.items() if k[0] == heun_run}
+        rk4 = {k[1:]: v for k, v in fd.items() if k[0] == rk4_run}
+        # "the Heun x1 cU-Net is best with its own Heun x1; a more accurate solve is worse"
+        assert heun["heun", 1] < min(v for k, v in heun.items() if k != ("heun", 1))
+        # "RK4 x2 matches or beats its own solver, and the cheaper solvers fail"
+        assert rk4["rk4", 2] <= rk4["rk4", 1] < min(v for k, v in rk4.items() if k[0] != "rk4")
+    at = {(r["run"], r["block_solver"], r["sampler"]): r for r in t["rows"] if r["block_steps"] == 1}
+    heun, euler = (at[heun_run, b, "dpmpp2m"] for b in ("heun", "euler"))
+    rerun = _json("mnist_rk4_rerun/train_compare.json")["summary"]["models"]["cunet_rk4"]["fd"]
+    seeds = _json("mnist_compare/train_compare.json")["summary"]["models"]["cunet_rk4"]["fd"]
+    quotes = [
+        f"Euler x1 takes {euler['seconds_per_image'] / heun['seconds_per_image']:.2f}x",
+        f"RK4: {rerun[0]:.2f} at step 6,000",
+        f"seeds ended at {seeds[0]:.2f} and {seeds[1]:.2f})",
+    ]
+    assert len(rerun) == 1 and _missing(page, quotes) == []
 
 
 def test_the_shipped_models_rescored_and_classified(page):
