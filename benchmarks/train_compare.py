@@ -10,7 +10,8 @@ Data: MNIST IDX files (--data), split into train and held-out by data.holdout_fr
    finished sweep. The rate is constant, or with --decay_steps falls linearly to zero over
    the last that many steps before --steps.
 2. Training: every model and seed advances in turns of --eval_every steps; after each turn
-   a run is checkpointed in <runs_dir>/<model>_lr<lr>_s<seed> and scored on
+   a run is checkpointed in <runs_dir>/<model>_lr<lr>_s<seed> (also every --save_every
+   steps, so that a stopped run resumes near where it stopped) and scored on
    --num_eval_samples DDIM samples against the held-out split (evaluation.evaluate_samples
    in the features of a classifier trained on the train split). Each model's step time is
    measured with the models alternating in one process (once, or again with --retime).
@@ -184,6 +185,7 @@ class Run:
         self, a: argparse.Namespace, model: str, lr: float, seed: int, record: dict, mesh: Mesh | None, cache: dict
     ):
         self.name = f"{model}_lr{lr:g}_s{seed}"
+        self.save_every = a.save_every
         self.model_name, self.lr, self.seed = model, lr, seed
         self.rec = record.setdefault(self.name, {"model": model, "lr": lr, "seed": seed, "evals": []})
         self.samplers = cache.setdefault("samplers", {})
@@ -218,19 +220,22 @@ class Run:
         )
 
     def train_to(self, target: int, source: ImageSource) -> None:
-        """Trains to step `target` (compilation not timed) and checkpoints there."""
+        """Trains to step `target` (compilation and saves not timed), checkpointing at every
+        multiple of --save_every on the way and at `target`."""
         if self.step >= target:
             return
         self.run.compile(self.batch(source, self.step))
-        t0, losses = time.perf_counter(), []
         while self.step < target:
-            losses.append(self.run.train_step(self.batch(source, self.step))["loss"])
-        jax.block_until_ready(self.run.state)
-        self.train_seconds += time.perf_counter() - t0
-        self.losses += [float(v) for v in jax.device_get(losses)]
-        if not np.isfinite(self.losses[-len(losses) :]).all():
-            print(f"{self.name}: non-finite losses before step {target}", flush=True)
-        self.run.save({"train_seconds": self.train_seconds, "losses": self.losses})
+            stop = min(target, (self.step // self.save_every + 1) * self.save_every) if self.save_every else target
+            t0, losses = time.perf_counter(), []
+            while self.step < stop:
+                losses.append(self.run.train_step(self.batch(source, self.step))["loss"])
+            jax.block_until_ready(self.run.state)
+            self.train_seconds += time.perf_counter() - t0
+            self.losses += [float(v) for v in jax.device_get(losses)]
+            if not np.isfinite(self.losses[-len(losses) :]).all():
+                print(f"{self.name}: non-finite losses before step {stop}", flush=True)
+            self.run.save({"train_seconds": self.train_seconds, "losses": self.losses})
 
     def samples(self, num: int) -> np.ndarray:
         """`num` uint8 samples of the EMA params, always from the same key."""
@@ -307,6 +312,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--eval_every", type=int, default=500)
+    ap.add_argument(
+        "--save_every", type=int, default=500, help="also checkpoint every this many steps, to resume from (0: never)"
+    )
     ap.add_argument("--num_eval_samples", type=int, default=1000)
     ap.add_argument("--eval_steps", type=int, default=25, help="DDIM steps (eta 0) of the scored samples")
     ap.add_argument("--ema", type=float, default=0.999)
@@ -325,6 +333,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bad = [m for m in a.models.split(",") if m not in MODELS]
     if bad:
         ap.error(f"unknown --models {bad}: choose from {list(MODELS)}")
+    if a.save_every < 0:
+        ap.error(f"--save_every {a.save_every} is negative: pass a number of steps, or 0 to save only at scorings")
     if a.num_eval_samples % 2 or a.num_eval_samples < 10:
         ap.error("--num_eval_samples must be even and at least 10")
     if a.decay_steps and not 100 <= a.steps - a.decay_steps:

@@ -54,6 +54,7 @@ def _args(tmp_path, **kw) -> argparse.Namespace:
             "ema": 0.999,
             "steps": 10,
             "eval_steps": 2,
+            "save_every": 0,
             **kw,
         }
     )
@@ -77,7 +78,9 @@ def test_the_runs_of_a_model_share_one_compiled_step_and_each_keeps_its_rate_and
         return out, cache
 
     (first, second), cache = runs("shared", [(1e-3, 0), (4e-3, 1)])
+    a.save_every = 2  # a checkpoint on the way, the same steps
     (alone,), _ = runs("alone", [(4e-3, 1)])
+    assert sorted(p.name for p in (tmp_path / "alone" / alone.name / "checkpoints").iterdir()) == ["2", "3"]
     (programs,) = cache["training"].values()
     assert programs.compiled is not None
     assert second.losses == alone.losses and first.losses[0] != second.losses[0]
