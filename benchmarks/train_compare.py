@@ -313,7 +313,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--eval_every", type=int, default=500)
     ap.add_argument(
-        "--save_every", type=int, default=500, help="also checkpoint every this many steps, to resume from (0: never)"
+        "--save_every",
+        type=int,
+        default=500,
+        help="also checkpoint every this many steps, to resume from (0: only at the scorings)",
     )
     ap.add_argument("--num_eval_samples", type=int, default=1000)
     ap.add_argument("--eval_steps", type=int, default=25, help="DDIM steps (eta 0) of the scored samples")
