@@ -1,21 +1,37 @@
-"""odediff: diffusion models with a continuous (neural-ODE) U-Net denoiser, in JAX."""
+"""odediff: diffusion models with a continuous (neural-ODE) U-Net denoiser, in JAX.
 
-from odediff.config import default_config
-from odediff.models import build_denoiser
-from odediff.samplers import SAMPLERS, ancestral_sample, ddim_sample, dpmpp2m_sample, ode_sample, sample
-from odediff.schedule import Schedule, diffusion_loss, make_schedule, q_sample
+The names below and the submodules (odediff.training, ...) load when first used, so that a
+command-line error or --help answers without importing JAX."""
 
-__all__ = [
-    "SAMPLERS",
-    "Schedule",
-    "ancestral_sample",
-    "build_denoiser",
-    "ddim_sample",
-    "default_config",
-    "diffusion_loss",
-    "dpmpp2m_sample",
-    "make_schedule",
-    "ode_sample",
-    "q_sample",
-    "sample",
-]
+import importlib
+
+_EXPORTS = {
+    "default_config": "config",
+    "build_denoiser": "models",
+    "SAMPLERS": "samplers",
+    "ancestral_sample": "samplers",
+    "ddim_sample": "samplers",
+    "dpmpp2m_sample": "samplers",
+    "ode_sample": "samplers",
+    "sample": "samplers",
+    "Schedule": "schedule",
+    "diffusion_loss": "schedule",
+    "make_schedule": "schedule",
+    "q_sample": "schedule",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"odediff.{_EXPORTS[name]}"), name)
+    try:
+        return importlib.import_module(f"odediff.{name}")
+    except ModuleNotFoundError as e:
+        if e.name != f"odediff.{name}":
+            raise
+        raise AttributeError(f"module 'odediff' has no attribute {name!r}") from None
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

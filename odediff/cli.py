@@ -15,12 +15,11 @@ from absl import flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from odediff.checkpoint import CheckpointError, DiskFullError
 from odediff.config import RENAMED, ConfigError, default_config, flatten
 from odediff.data import DataError
 
 CONFIGS = importlib.resources.files("odediff.configs")  # the repository's configs/, installed with the package
-USAGE_ERRORS = (ConfigError, DataError, CheckpointError, FileExistsError)
+USAGE_ERRORS = (ConfigError, DataError, FileExistsError)  # and odediff.checkpoint.CheckpointError
 EXIT_CODES = "exit codes: 0 done; 1 an unexpected error; 2 bad command line or input (nothing changed)"
 _CUNET = (
     "time_embed_dim",
@@ -147,16 +146,21 @@ def run_main(prog: str, main) -> None:
     absl_logging.set_verbosity(absl_logging.ERROR)  # libraries' absl warnings are noise to a user
     try:
         main()
-    except USAGE_ERRORS as e:
-        _fail(prog, str(e))
-    except DiskFullError as e:
-        _fail(prog, str(e), code=3)
-    except RuntimeError as e:
-        from odediff.training import NonFiniteError  # imported when needed: --help stays quick
+    except Exception as e:
+        if isinstance(e, USAGE_ERRORS) or _raised_by(e, "odediff.checkpoint", "CheckpointError"):
+            _fail(prog, str(e))
+        if _raised_by(e, "odediff.checkpoint", "DiskFullError"):
+            _fail(prog, str(e), code=3)
+        if _raised_by(e, "odediff.training", "NonFiniteError"):
+            _fail(prog, str(e), code=1)
+        raise
 
-        if not isinstance(e, NonFiniteError):
-            raise
-        _fail(prog, str(e), code=1)
+
+def _raised_by(e: Exception, module: str, name: str) -> bool:
+    """Whether `e` is `module`'s exception class `name`, without importing the module (JAX, orbax)
+    for it: an error cannot be of a class whose module was never loaded."""
+    loaded = sys.modules.get(module)
+    return loaded is not None and isinstance(e, getattr(loaded, name))
 
 
 # ---------------------------------------------------------------------------- train.py

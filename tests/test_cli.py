@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from helpers import TINY, run, tiny_config
+from helpers import REPO, TINY, run, tiny_config
 from odediff import cli
 from odediff.checkpoint import Checkpointer
 from odediff.generation import restore_run
@@ -155,6 +155,17 @@ def test_the_installed_commands_name_themselves_in_their_errors(command, tmp_pat
     arg = "--config=nope" if command == "odediff-train" else f"--workdir={tmp_path / 'none'}"  # no run there
     proc = subprocess.run([str(exe), arg], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.startswith(f"{command}: error: "), proc.stderr
+
+
+def test_a_train_py_mistake_is_answered_without_importing_jax():
+    # the error and --help paths load neither the models nor the checkpoint library
+    code = (
+        "import atexit, runpy, sys; atexit.register(lambda: print(sorted({'jax', 'flax', 'orbax'} & set(sys.modules))));"
+        "sys.argv = ['train.py', '--config.training.batch_sise=8']; runpy.run_path('train.py', run_name='__main__')"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "did you mean --config.training.batch_size?" in proc.stderr, proc.stderr
+    assert proc.stdout.strip() == "[]"
 
 
 @pytest.mark.long
