@@ -23,6 +23,7 @@ __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
+    """A name of __all__ or a submodule, imported on first use."""
     if name in _EXPORTS:
         return getattr(importlib.import_module(f"odediff.{_EXPORTS[name]}"), name)
     try:

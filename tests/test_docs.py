@@ -600,7 +600,7 @@ def test_the_block_solver_table(page):
 def test_the_shipped_models_rescored_and_classified(page):
     rows = {r["name"]: r for r in _json("pretrained/rescore.json")["rows"]}
     cu, u32, u16 = (rows[f"mnist16-{n}"] for n in ("cunet-heun-nf16", "unet-ch32", "unet-ch16"))
-    assert len(rows) == 3 and all(r["record_draw_within_seeds_gap"] for r in rows.values())
+    assert len(rows) == 3 and all(r["record_draw_within_seeds_gap"] and r["within_seeds_gap"] for r in rows.values())
     off = [abs(r["record_draw_fd"] - r["recorded_fd"]) for r in rows.values()]
     moved = [r["rescored_fd"] - r["recorded_fd"] for r in rows.values()]
     quotes = [
