@@ -161,7 +161,7 @@ def choices() -> dict[str, tuple]:
     from odediff.models import DENOISERS
     from odediff.models.layers import NORMS
     from odediff.models.ode import ADJOINTS, FIELDS, MODES, SOLVERS
-    from odediff.schedule import PREDICTIONS
+    from odediff.schedule import BETA_SCHEDULES, PREDICTIONS
 
     return {
         "model.name": tuple(DENOISERS),
@@ -170,7 +170,7 @@ def choices() -> dict[str, tuple]:
         "model.cunet.ode_mode": tuple(MODES),
         "model.cunet.adjoint": tuple(ADJOINTS),
         "model.cunet.norm": tuple(NORMS),
-        "diffusion.beta_schedule": ("linear", "cosine", "sigmoid"),
+        "diffusion.beta_schedule": tuple(BETA_SCHEDULES),
         "diffusion.prediction": tuple(PREDICTIONS),
         "training.nonfinite": ("stop", "skip"),
         "training.compute_dtype": ("float32", "bfloat16"),

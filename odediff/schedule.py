@@ -22,29 +22,35 @@ class Schedule:
         return self.betas.shape[0]
 
 
-def _betas(kind: str, num_timesteps: int) -> np.ndarray:
-    t = np.arange(num_timesteps, dtype=np.float64)
-    if kind == "linear":
-        scale = 1000.0 / num_timesteps
-        return np.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=np.float64)
-    if kind == "cosine":  # Nichol & Dhariwal 2021
-        s = 0.008
-        f = lambda u: np.cos((u / num_timesteps + s) / (1 + s) * math.pi / 2) ** 2
-        return np.clip(1.0 - f(t + 1) / f(t), 0.0, 0.999)
-    if kind == "sigmoid":  # Jabri et al. 2022, as used by lucidrains' denoising-diffusion-pytorch
-        start, end, tau = -3.0, 3.0, 1.0
-        sig = lambda z: 1.0 / (1.0 + np.exp(-z))
-        u = np.arange(num_timesteps + 1, dtype=np.float64) / num_timesteps
-        v_start, v_end = sig(start / tau), sig(end / tau)
-        ab = (-sig((u * (end - start) + start) / tau) + v_end) / (v_end - v_start)
-        ab = ab / ab[0]
-        return np.clip(1.0 - ab[1:] / ab[:-1], 0.0, 0.999)
-    raise ValueError(f"unknown beta schedule {kind!r}: use linear, cosine or sigmoid")
+def _linear(num_timesteps: int) -> np.ndarray:
+    scale = 1000.0 / num_timesteps
+    return np.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=np.float64)
+
+
+def _cosine(num_timesteps: int) -> np.ndarray:  # Nichol & Dhariwal 2021
+    s, t = 0.008, np.arange(num_timesteps, dtype=np.float64)
+    f = lambda u: np.cos((u / num_timesteps + s) / (1 + s) * math.pi / 2) ** 2
+    return np.clip(1.0 - f(t + 1) / f(t), 0.0, 0.999)
+
+
+def _sigmoid(num_timesteps: int) -> np.ndarray:  # Jabri et al. 2022, as in lucidrains' denoising-diffusion-pytorch
+    start, end, tau = -3.0, 3.0, 1.0
+    sig = lambda z: 1.0 / (1.0 + np.exp(-z))
+    u = np.arange(num_timesteps + 1, dtype=np.float64) / num_timesteps
+    v_start, v_end = sig(start / tau), sig(end / tau)
+    ab = (-sig((u * (end - start) + start) / tau) + v_end) / (v_end - v_start)
+    ab = ab / ab[0]
+    return np.clip(1.0 - ab[1:] / ab[:-1], 0.0, 0.999)
+
+
+BETA_SCHEDULES = {"linear": _linear, "cosine": _cosine, "sigmoid": _sigmoid}  # kind -> betas in float64
 
 
 def make_schedule(kind: str = "linear", num_timesteps: int = 1000) -> Schedule:
     """Builds the schedule; alpha_bar is accumulated in float64 then stored as float32."""
-    betas = _betas(kind, num_timesteps)
+    if kind not in BETA_SCHEDULES:
+        raise ValueError(f"unknown beta schedule {kind!r}: use one of {tuple(BETA_SCHEDULES)}")
+    betas = BETA_SCHEDULES[kind](num_timesteps)
     alphas_cumprod = np.cumprod(1.0 - betas)
     return Schedule(
         betas=jnp.asarray(betas, jnp.float32),
